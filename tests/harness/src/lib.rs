@@ -1,0 +1,272 @@
+//! The test harness shared by Vessel's privileged tests.
+//!
+//! It owns three things: deciding whether a test may run here (and turning a
+//! skip into a failure when `VESSEL_REQUIRE_PRIVILEGED=1`), temporary roots that
+//! unmount and delete everything below them when dropped, and fixtures such
+//! as the offline busybox root filesystem. It knows nothing about Vessel's
+//! crates, so every crate can use it as a dev-dependency.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Whether skips are failures (CI sets `VESSEL_REQUIRE_PRIVILEGED=1`).
+pub fn privileged_required() -> bool {
+    std::env::var("VESSEL_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
+/// Report that a test cannot run here. Prints the reason and returns, or
+/// panics with it when skips are not allowed.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        !privileged_required(),
+        "{test}: prerequisite missing and VESSEL_REQUIRE_PRIVILEGED=1: {reason}"
+    );
+    eprintln!("SKIP {test}: {reason}");
+}
+
+/// Skip the calling test (return from it) unless `cond` holds.
+///
+/// ```ignore
+/// vessel_testkit::require!(vessel_testkit::is_root(), "needs root");
+/// ```
+#[macro_export]
+macro_rules! require {
+    ($cond:expr, $($reason:tt)+) => {
+        if !$cond {
+            $crate::skip(module_path!(), &format!($($reason)+));
+            return;
+        }
+    };
+}
+
+/// Whether the test process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a command is on PATH.
+pub fn have_command(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            let p = dir.join(name);
+            p.is_file()
+                && std::fs::metadata(&p)
+                    .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+        })
+    })
+}
+
+/// The workspace's top directory.
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .nth(2)
+        .expect("tests/harness lives two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// A name unique to this process and call, safe for container IDs, cgroup
+/// names and interface-name prefixes (short, lowercase, no slashes).
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff)
+}
+
+/// A temporary directory that, when dropped, lazily unmounts every mount
+/// below it (deepest first) and deletes it.
+pub struct TempRoot {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempRoot {
+    /// Make a new empty directory under `$VESSEL_TEST_TMP` (default `/tmp`).
+    pub fn new(prefix: &str) -> TempRoot {
+        let base = std::env::var_os("VESSEL_TEST_TMP").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        let path = base.join(unique_name(&format!("vessel-test-{prefix}")));
+        std::fs::create_dir_all(&path).expect("create temporary root");
+        TempRoot {
+            path,
+            keep: std::env::var_os("VESSEL_TEST_KEEP").is_some(),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("keeping {}", self.path.display());
+            return;
+        }
+        unmount_below(&self.path);
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("warning: cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Mount points at or below `dir`, deepest first, from /proc/self/mountinfo.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Later entries were mounted on top of earlier ones: undo in reverse.
+    found.reverse();
+    found
+}
+
+/// Lazily unmount everything at or below `dir`.
+pub fn unmount_below(dir: &Path) {
+    for mnt in mounts_below(dir) {
+        let Ok(c) = CString::new(mnt.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let code = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Copy the offline busybox root filesystem into `dest` (which must not
+/// exist). The root is built once per workspace by
+/// `scripts/busybox-rootfs.sh` and cached under `target/fixtures`.
+pub fn busybox_rootfs(dest: &Path) {
+    let cache = fixtures_dir().join("busybox-rootfs");
+    with_lock(&fixtures_dir().join("busybox.lock"), || {
+        if !cache.join("bin/busybox").exists() {
+            let tmp = fixtures_dir().join(format!("busybox-rootfs.tmp.{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let script = workspace_root().join("scripts/busybox-rootfs.sh");
+            let st = Command::new(&script)
+                .arg(&tmp)
+                .status()
+                .expect("run scripts/busybox-rootfs.sh");
+            assert!(st.success(), "scripts/busybox-rootfs.sh failed");
+            std::fs::rename(&tmp, &cache).expect("publish busybox rootfs fixture");
+        }
+    });
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&cache)
+        .arg(dest)
+        .status()
+        .expect("run cp");
+    assert!(st.success(), "copying the busybox rootfs failed");
+}
+
+/// `target/fixtures` of this workspace (or `$CARGO_TARGET_DIR/fixtures`).
+pub fn fixtures_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let dir = target.join("fixtures");
+    std::fs::create_dir_all(&dir).expect("create fixtures dir");
+    dir
+}
+
+/// Run `f` while holding an exclusive `flock` on `lock_path`, so parallel
+/// test processes build a shared fixture once.
+pub fn with_lock<T>(lock_path: &Path, f: impl FnOnce() -> T) -> T {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .expect("open lock file");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: `fd` is an open descriptor owned by `file`, alive for the call.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", lock_path.display());
+    let out = f();
+    drop(file);
+    out
+}
+
+/// Processes whose command line mentions `needle`, for leak checks.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_octal_in_mountinfo() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique_name("x"), unique_name("x"));
+    }
+
+    #[test]
+    fn temp_root_is_removed_on_drop() {
+        let path = {
+            let t = TempRoot::new("harness");
+            std::fs::write(t.join("f"), b"x").unwrap();
+            t.path().to_path_buf()
+        };
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,6 @@
+//! stub
+pub mod content;
+pub mod digest;
+pub mod layer;
+mod sys;
+mod targuard;

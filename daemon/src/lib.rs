@@ -1,0 +1,4 @@
+//! `vesseld`: Vessel's engine library. Subsystems live in their own modules;
+//! the Docker API server wires them together.
+
+pub mod images;

@@ -312,8 +312,9 @@ impl Unpacker {
         let parent_fd = self.parent(parent).map_err(e("open parent directory"))?;
         let pfd = parent_fd.as_fd();
         let header = entry.header().clone();
-        let uid = header.uid().map_err(e("read uid"))? as u32;
-        let gid = header.gid().map_err(e("read gid"))? as u32;
+        // Blank numeric fields mean 0, as GNU tar reads them.
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
         let mode = (header.mode().map_err(e("read mode"))? & 0o7777) as libc::mode_t;
         let ((ms, mns), xattrs) = pax_info(&mut entry).map_err(e("read extended header"))?;
 
@@ -431,14 +432,21 @@ impl Unpacker {
                     .map_err(e("create hardlink"))?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let major = header
-                    .device_major()
-                    .map_err(e("read device number"))?
-                    .unwrap_or(0);
-                let minor = header
-                    .device_minor()
-                    .map_err(e("read device number"))?
-                    .unwrap_or(0);
+                let (major, minor) = if kind == tar::EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    (
+                        header
+                            .device_major()
+                            .map_err(e("read device number"))?
+                            .unwrap_or(0),
+                        header
+                            .device_minor()
+                            .map_err(e("read device number"))?
+                            .unwrap_or(0),
+                    )
+                };
+
                 let fmt = match kind {
                     tar::EntryType::Char => libc::S_IFCHR,
                     tar::EntryType::Block => libc::S_IFBLK,
@@ -563,7 +571,7 @@ impl Unpacker {
         fd: BorrowedFd<'_>,
     ) -> io::Result<()> {
         let h = entry.header();
-        sys::fchown(fd, h.uid()? as u32, h.gid()? as u32)?;
+        sys::fchown(fd, h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32)?;
         sys::fchmod(fd, (h.mode()? & 0o7777) as libc::mode_t)
     }
 

@@ -135,14 +135,6 @@ pub fn lstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<libc::stat
     Ok(Some(unsafe { st.assume_init() }))
 }
 
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is writable memory of the right size.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() })
-}
-
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: valid C string and borrowed descriptor.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
@@ -341,7 +333,6 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
 
 // The new mount API (Linux 5.2+; `lowerdir+` for overlayfs needs 6.8+).
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
-const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
@@ -369,22 +360,6 @@ impl FsContext {
                 FSCONFIG_SET_STRING,
                 k.as_ptr(),
                 v.as_ptr(),
-                0,
-            )
-        };
-        check(rc as libc::c_int)
-    }
-
-    pub fn set_flag(&self, key: &str) -> io::Result<()> {
-        let k = cstr(key)?;
-        // SAFETY: valid C string; value and aux must be null/zero for SET_FLAG.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                self.0.as_raw_fd(),
-                FSCONFIG_SET_FLAG,
-                k.as_ptr(),
-                std::ptr::null::<libc::c_char>(),
                 0,
             )
         };

@@ -57,10 +57,6 @@ impl<R: Read> TarGuard<R> {
         }
     }
 
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-
     fn observe(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() && !self.ended {
             if self.skip > 0 {

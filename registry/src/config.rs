@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Log one line per request at info level.
     pub access_log: bool,
+    /// Largest page of tags or repositories returned at once; longer
+    /// lists continue through a `Link` header.
+    pub max_page_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             max_manifest_bytes: 4 << 20,
             tls: None,
             access_log: true,
+            max_page_size: 10_000,
         }
     }
 }
@@ -298,6 +302,11 @@ impl Config {
         if self.auth.htpasswd.is_some() && self.auth.token.is_some() {
             return Err(Error::Invalid(
                 "auth.htpasswd and auth.token are mutually exclusive".into(),
+            ));
+        }
+        if self.server.max_page_size == 0 {
+            return Err(Error::Invalid(
+                "server.max_page_size must be positive".into(),
             ));
         }
         if self.server.max_manifest_bytes == 0 {

@@ -475,10 +475,11 @@ fn base_response(status: StatusCode) -> http::response::Builder {
         .header("docker-distribution-api-version", API_VERSION)
 }
 
-fn parse_n(params: &[(String, String)]) -> Result<Option<usize>, HttpError> {
+/// The page size: the client's `n`, capped by the server's maximum.
+fn parse_n(params: &[(String, String)], max: usize) -> Result<Option<usize>, HttpError> {
     match param(params, "n") {
-        None | Some("") => Ok(None),
-        Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
+        None | Some("") => Ok(Some(max)),
+        Some(v) => v.parse::<usize>().map(|n| Some(n.min(max))).map_err(|_| {
             HttpError::from(Error::PaginationInvalid(format!(
                 "n={v:?} is not a non-negative integer"
             )))
@@ -513,7 +514,7 @@ async fn handle_route(
             if method != Method::GET {
                 return Err(unsupported(&method));
             }
-            let n = parse_n(params)?;
+            let n = parse_n(params, state.max_page_size)?;
             let last = param(params, "last");
             let (repos, more) = reg.catalog(n, last).await?;
             let mut b =
@@ -536,7 +537,7 @@ async fn handle_route(
             if method != Method::GET && method != Method::HEAD {
                 return Err(unsupported(&method));
             }
-            let n = parse_n(params)?;
+            let n = parse_n(params, state.max_page_size)?;
             let last = param(params, "last");
             let (tags, more) = reg.list_tags(&name, n, last).await?;
             let mut b =

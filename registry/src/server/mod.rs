@@ -88,6 +88,8 @@ pub struct State {
     pub access_log: bool,
     /// Whether the listener is TLS (for URLs the server hands out).
     pub tls: bool,
+    /// Page size cap for tag and catalog listings.
+    pub max_page_size: usize,
 }
 
 /// Entry point for starting servers.
@@ -182,6 +184,7 @@ impl Server {
             metrics_enabled: cfg.metrics.enabled,
             access_log: cfg.server.access_log,
             tls: tls.is_some(),
+            max_page_size: cfg.server.max_page_size,
         });
         let (stop, stop_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, tls, state.clone(), stop_rx.clone()));

@@ -130,7 +130,6 @@ impl ImageStore {
         let head = read_head(&mut r, 512).map_err(Error::Read)?;
         let alg = expected.map_or(Algorithm::Sha256, Digest::algorithm);
         let mut w = self.content().temp_writer(alg)?;
-        let existed_before = expected.is_some_and(|d| self.content().contains(d));
         let layerish = try_unpack && looks_like_layer(&head);
         let compression = if layerish {
             Compression::detect(&head).ok()
@@ -161,10 +160,7 @@ impl ImageStore {
             w.write_all(&head).map_err(Error::Read)?;
             super::copy_into(&mut r, &mut w).map_err(Error::Read)?;
         }
-        let (digest, size) = w.commit(expected, None)?;
-        if !existed_before {
-            lease.note_blob(&digest);
-        }
+        let (digest, size) = self.commit_blob(lease, w, expected, None)?;
         Ok(Member {
             digest,
             size,
@@ -252,17 +248,22 @@ impl ImageStore {
                             check_name(&name, expected.as_ref(), &m.digest)?;
                             members.insert(name, m);
                         } else {
-                            let (digest, n) = self.ingest(lease, &data[..], None, None)?;
-                            check_name(&name, expected.as_ref(), &digest)?;
-                            members.insert(
-                                name.clone(),
-                                Member {
-                                    digest,
-                                    size: n,
-                                    compression: None,
-                                    unpacked: None,
-                                },
-                            );
+                            // Metadata files stay in memory; only blobs of an
+                            // OCI layout go to the store now (configs of the
+                            // classic format are stored when referenced).
+                            if let Some(expected) = &expected {
+                                let (digest, n) = self.ingest(lease, &data[..], None, None)?;
+                                check_name(&name, Some(expected), &digest)?;
+                                members.insert(
+                                    name.clone(),
+                                    Member {
+                                        digest,
+                                        size: n,
+                                        compression: None,
+                                        unpacked: None,
+                                    },
+                                );
+                            }
                             small.insert(name, data);
                         }
                     } else {
@@ -296,13 +297,16 @@ impl ImageStore {
             let mut images = Vec::new();
             for e in entries {
                 let cfg_name = resolve(&e.config);
-                let cfg = members
-                    .get(&cfg_name)
-                    .ok_or_else(|| Error::Missing(e.config.clone()))?;
+                let (cfg_digest, cfg_size) = match (members.get(&cfg_name), small.get(&cfg_name)) {
+                    (Some(m), _) => (m.digest.clone(), m.size),
+                    (None, Some(data)) => self.ingest(lease, &data[..], None, None)?,
+                    (None, None) => return Err(Error::Missing(e.config.clone()).into()),
+                };
                 let config = Descriptor {
                     media_type: manifest::DOCKER_CONFIG.into(),
-                    digest: cfg.digest.clone(),
-                    size: cfg.size,
+                    digest: cfg_digest,
+                    size: cfg_size,
+
                     urls: None,
                     annotations: None,
                     platform: None,

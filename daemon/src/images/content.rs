@@ -320,10 +320,21 @@ impl Writer {
     /// Verify size and digest, fsync, and move the blob into place. When
     /// `expected` is `None` the blob is stored under whatever it hashes to.
     pub fn commit(
-        mut self,
+        self,
         expected: Option<&Digest>,
         expected_size: Option<u64>,
     ) -> Result<(Digest, u64)> {
+        self.commit_report(expected, expected_size)
+            .map(|(d, n, _)| (d, n))
+    }
+
+    /// Like [`Writer::commit`], also saying whether the blob is new (false
+    /// when the store already had it and the ingest was dropped).
+    pub fn commit_report(
+        mut self,
+        expected: Option<&Digest>,
+        expected_size: Option<u64>,
+    ) -> Result<(Digest, u64, bool)> {
         let file = self
             .file
             .take()
@@ -367,7 +378,7 @@ impl Writer {
             .join(actual.hex());
         if dest.exists() {
             let _ = fs::remove_file(&self.path);
-            return Ok((actual, size));
+            return Ok((actual, size, false));
         }
         file.sync_all()
             .map_err(io_err("fsync ingest", &self.path))?;
@@ -375,7 +386,7 @@ impl Writer {
         fs::rename(&self.path, &dest).map_err(io_err("move blob into place", &dest))?;
         let dir = dest.parent().expect("blob paths have a parent");
         sys::fsync_dir(dir).map_err(io_err("fsync directory", dir))?;
-        Ok((actual, size))
+        Ok((actual, size, true))
     }
 }
 

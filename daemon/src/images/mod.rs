@@ -38,7 +38,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
+pub use archive::SaveFormat;
 pub use content::ContentStore;
+
 pub use db::{ImageRecord, LayerRecord};
 pub use digest::Digest;
 pub use layer::{Compression, Limits};
@@ -349,9 +351,37 @@ pub(crate) struct PendingImage {
 /// it without `finish` leaves the lease for the next open to clean up after.
 pub(crate) struct LeaseGuard<'a> {
     pub id: String,
+    store: &'a ImageStore,
     _gc: std::sync::RwLockReadGuard<'a, ()>,
     /// Blobs this operation created (not present before).
     pub created_blobs: Mutex<Vec<Digest>>,
+    /// Blobs this operation will reference, registered in the store's
+    /// in-flight set so a failing operation never deletes them.
+    registered: Mutex<Vec<Digest>>,
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        let mine = std::mem::take(
+            &mut *self
+                .registered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut inflight = self
+            .store
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in mine {
+            if let Some(n) = inflight.get_mut(&d) {
+                *n -= 1;
+                if *n == 0 {
+                    inflight.remove(&d);
+                }
+            }
+        }
+    }
 }
 
 /// The image store.
@@ -368,6 +398,9 @@ pub struct ImageStore {
     /// images, so two loads of the same layer cannot race.
     commit_lock: Mutex<()>,
     lease_counter: std::sync::atomic::AtomicU64,
+    /// Blobs referenced by operations in progress, with a count of them.
+    /// Blob commits and failure cleanup both happen under this lock.
+    inflight: Mutex<HashMap<Digest, usize>>,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -419,6 +452,7 @@ impl ImageStore {
             gc_lock: RwLock::new(()),
             commit_lock: Mutex::new(()),
             lease_counter: std::sync::atomic::AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
         };
         let leases = store.db.read(|rx| rx.leases())?;
         if !leases.is_empty() {
@@ -472,9 +506,42 @@ impl ImageStore {
             .write(|tx| tx.put_lease(&id, &rec).map_err(Error::from))?;
         Ok(LeaseGuard {
             id,
+            store: self,
             _gc: gc,
             created_blobs: Mutex::new(Vec::new()),
+            registered: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Commit a blob for an operation: the commit and the registration in
+    /// the in-flight set happen atomically with respect to failure cleanup.
+    pub(crate) fn commit_blob(
+        &self,
+        lease: &LeaseGuard<'_>,
+        w: content::Writer,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<(Digest, u64)> {
+        let mut inflight = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (d, n, created) = w.commit_report(expected, size)?;
+        *inflight.entry(d.clone()).or_insert(0) += 1;
+        drop(inflight);
+        lease
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(d.clone());
+        if created {
+            lease
+                .created_blobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(d.clone());
+        }
+        Ok((d, n))
     }
 
     /// Copy `reader` into the content store, returning its digest and size,
@@ -489,12 +556,7 @@ impl ImageStore {
         let alg = expected.map_or(Algorithm::Sha256, Digest::algorithm);
         let mut w = self.content.temp_writer(alg)?;
         copy_into(&mut reader, &mut w).map_err(|e| Error::Archive(archive::Error::Read(e)))?;
-        let existed = expected.is_some_and(|d| self.content.contains(d));
-        let (d, n) = w.commit(expected, size)?;
-        if !existed {
-            lease.note_blob(&d);
-        }
-        Ok((d, n))
+        self.commit_blob(lease, w, expected, size)
     }
 
     /// Record images: unpack layers not yet unpacked, make everything
@@ -692,22 +754,29 @@ impl ImageStore {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        let referenced = match self.referenced() {
-            Ok((blobs, _)) => blobs,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read references; leaving cleanup to the next gc");
-                return;
-            }
-        };
-        for d in created {
-            if !referenced.contains(&d) {
-                if let Err(e) = self.content.delete(&d) {
-                    tracing::warn!(blob = %d, error = %e, "cannot remove blob of failed operation");
+        let id = lease.id.clone();
+        // Unregister this operation's blobs, then delete the ones it created
+        // that neither an image nor another operation in flight uses.
+        drop(lease);
+        let inflight = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.referenced() {
+            Ok((referenced, _)) => {
+                for d in created {
+                    if !referenced.contains(&d) && !inflight.contains_key(&d) {
+                        if let Err(e) = self.content.delete(&d) {
+                            tracing::warn!(blob = %d, error = %e, "cannot remove blob of failed operation");
+                        }
+                    }
                 }
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read references; leaving cleanup to the next gc")
+            }
         }
-        let id = lease.id.clone();
-        drop(lease);
+        drop(inflight);
         if let Err(e) = self
             .db
             .write(|tx| tx.delete_lease(&id).map_err(Error::from))
@@ -1211,15 +1280,6 @@ impl ImageStore {
     }
 }
 
-impl LeaseGuard<'_> {
-    pub(crate) fn note_blob(&self, d: &Digest) {
-        self.created_blobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(d.clone());
-    }
-}
-
 /// Remove an image record and drop its snapshot references. Returns the
 /// chains whose last reference went and the blobs no remaining image uses.
 fn delete_image_in(tx: &db::Tx<'_>, rec: &ImageRecord) -> Result<(Vec<Digest>, Vec<Digest>)> {
@@ -1426,8 +1486,7 @@ impl ImageStore {
             .finish()
             .and_then(|b| b.into_inner().map_err(io::IntoInnerError::into_error))
             .map_err(|e| Error::Diff(diff::Error::Write(e)))?;
-        let (blob, blob_size) = w.commit(None, None)?;
-        lease.note_blob(&blob);
+        let (blob, blob_size) = self.commit_blob(lease, w, None, None)?;
         let (tmp, applied) = self.unpack_blob(&blob, &diff_id)?;
 
         let now = manifest::now_rfc3339();

@@ -323,25 +323,45 @@ pub fn mount_with(m: &Mount, target: &Path, classic_only: bool) -> Result<Method
             .map_err(merr("mount overlay"))?;
         return Ok(Method::Classic);
     }
-    // Too long for one page: mount through short symlink names.
+    // Too long for one page: mount through short relative symlink names,
+    // from a child process whose working directory holds the links.
+    let target = std::path::absolute(target).map_err(merr("resolve target"))?;
     let parent = target.parent().unwrap_or(Path::new("/"));
-    let links = parent.join(format!(".ovl-{}", std::process::id()));
+    let links = parent.join(format!(
+        ".ovl-{}-{}",
+        std::process::id(),
+        LINKS.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = fs::remove_dir_all(&links);
     fs::create_dir(&links).map_err(merr("create short-link directory"))?;
     let result = (|| {
         let mut short = Vec::with_capacity(m.lowerdirs.len());
         for (i, l) in m.lowerdirs.iter().enumerate() {
-            let name = links.join(base36(i));
-            std::os::unix::fs::symlink(l, &name)?;
-            short.push(name);
+            let name = base36(i);
+            std::os::unix::fs::symlink(std::path::absolute(l)?, links.join(&name))?;
+            short.push(PathBuf::from(name));
         }
-        let data = classic_data(m, &short);
-        sys::mount("overlay", target, "overlay", flags, Some(&data))
+        let mut abs = m.clone();
+        abs.upperdir = m.upperdir.as_deref().map(std::path::absolute).transpose()?;
+        abs.workdir = m.workdir.as_deref().map(std::path::absolute).transpose()?;
+        let data = classic_data(&abs, &short);
+        if data.len() >= sys::page_size() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} layers do not fit in one page of mount options",
+                    m.lowerdirs.len()
+                ),
+            ));
+        }
+        sys::mount_overlay_in_dir(&links, &target, flags, &data)
     })();
     let _ = fs::remove_dir_all(&links);
     result.map_err(merr("mount overlay through short links"))?;
     Ok(Method::ClassicShortLinks)
 }
+
+static LINKS: AtomicU64 = AtomicU64::new(0);
 
 fn base36(mut n: usize) -> String {
     let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";

@@ -456,3 +456,68 @@ pub fn page_size() -> usize {
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if n > 0 { n as usize } else { 4096 }
 }
+
+/// Classic `mount(2)` of an overlay performed in a forked child whose
+/// working directory is `dir`, so relative `lowerdir` entries resolve there
+/// without changing the working directory of this (multithreaded) process.
+pub fn mount_overlay_in_dir(
+    dir: &Path,
+    target: &Path,
+    flags: libc::c_ulong,
+    data: &[u8],
+) -> io::Result<()> {
+    let d = cstr(dir)?;
+    let t = cstr(target)?;
+    let data = CString::new(data).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "mount data contains a NUL byte",
+        )
+    })?;
+    let fstype = c"overlay";
+    // SAFETY: fork has no memory-safety preconditions; the child below only
+    // makes async-signal-safe system calls on memory prepared before fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: chdir, mount, __errno_location and _exit are
+        // async-signal-safe; all pointers are valid C strings from above.
+        unsafe {
+            if libc::chdir(d.as_ptr()) != 0 {
+                libc::_exit(*libc::__errno_location());
+            }
+            if libc::mount(
+                fstype.as_ptr(),
+                t.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            ) != 0
+            {
+                libc::_exit(*libc::__errno_location());
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is writable; `pid` is our child.
+        let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        if rc == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else if libc::WIFEXITED(status) {
+        Err(io::Error::from_raw_os_error(libc::WEXITSTATUS(status)))
+    } else {
+        Err(io::Error::other("mount helper process was killed"))
+    }
+}

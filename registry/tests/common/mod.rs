@@ -209,6 +209,11 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// A gzip-compressed tar layer holding one file of `size` random bytes.
 pub fn make_layer(size: usize, seed: u64) -> Vec<u8> {
+    make_layer_with_diff_id(size, seed).0
+}
+
+/// A layer and the digest of its uncompressed tar (its diff ID).
+pub fn make_layer_with_diff_id(size: usize, seed: u64) -> (Vec<u8>, Digest) {
     let data = random_bytes(size, seed);
     let mut tar_buf = Vec::new();
     {
@@ -224,7 +229,7 @@ pub fn make_layer(size: usize, seed: u64) -> Vec<u8> {
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar_buf).unwrap();
-    gz.finish().unwrap()
+    (gz.finish().unwrap(), Digest::sha256_of(&tar_buf))
 }
 
 /// An image: config, layers and the manifest that ties them.
@@ -241,16 +246,11 @@ impl TestImage {
     }
 
     pub fn with_type(layer_sizes: &[usize], seed: u64, media_type: &'static str) -> TestImage {
-        let layers: Vec<Vec<u8>> = layer_sizes
+        let (layers, diff_ids): (Vec<Vec<u8>>, Vec<Digest>) = layer_sizes
             .iter()
             .enumerate()
-            .map(|(i, s)| make_layer(*s, seed * 1000 + i as u64))
-            .collect();
-        let diff_ids: Vec<String> = layer_sizes
-            .iter()
-            .enumerate()
-            .map(|(i, _)| format!("sha256:{}", "0".repeat(63) + &(i % 10).to_string()))
-            .collect();
+            .map(|(i, s)| make_layer_with_diff_id(*s, seed * 1000 + i as u64))
+            .unzip();
         let config = serde_json::to_vec(&json!({
             "architecture": "amd64",
             "os": "linux",

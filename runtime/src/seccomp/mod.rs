@@ -296,6 +296,10 @@ impl Filter {
 ///   the masked argument must equal.
 /// - A name libseccomp does not know on this system is skipped (tracing debug
 ///   event), as is a rule whose action equals the default action.
+/// - When a syscall gets two rules without conditions, libseccomp keeps the
+///   first and ignores the second, as it does under runc.
+/// - On architectures with multiplexed calls (32-bit x86's `socketcall` and
+///   `ipc`), libseccomp also adds the matching sub-call rules, as under runc.
 /// - The filter does not set `no_new_privs` itself (`SCMP_FLTATR_CTL_NNP` is
 ///   off): that follows `process.noNewPrivileges` and is the caller's job.
 /// - The native architecture is always in the filter; `architectures` adds

@@ -1292,6 +1292,12 @@ fn child_default_profile() -> Check {
     // A syscall number beyond everything the profile names: ENOSYS, so C
     // libraries fall back as they do on an older kernel.
     expect_errno("syscall 1000", sys(1000, [0; 4]), libc::ENOSYS)?;
+    // A real syscall newer than this libseccomp (mseal, Linux 6.10) too,
+    // while one the profile leaves out below that line is refused.
+    if cfg!(target_arch = "x86_64") && ScmpSyscall::from_name("mseal").is_err() {
+        expect_errno("mseal", sys(462, [0; 4]), libc::ENOSYS)?;
+    }
+    expect_errno("swapoff", sys(libc::SYS_swapoff, [0; 4]), libc::EPERM)?;
 
     // A busybox shell works, and its children inherit the filter.
     if busybox {

@@ -277,6 +277,14 @@ fn error_response(e: &HttpError, head_only: bool) -> Response<Body> {
     resp.expect("error responses are built from valid parts")
 }
 
+/// Largest refused body that is still read to the end before answering.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+async fn drain(body: Incoming) {
+    let mut s = BodyStream::new(body);
+    while let Some(Ok(_)) = s.next().await {}
+}
+
 /// Request body as a stream of bytes, counting into metrics.
 fn body_stream(state: &Arc<State>, body: Incoming) -> ByteStream {
     let state = state.clone();
@@ -697,6 +705,11 @@ async fn manifest_route(
                 .and_then(|v| v.parse::<u64>().ok())
             {
                 if len > limit {
+                    // Read the body away (bounded) so the client sees the
+                    // 413 instead of a reset while it is still sending.
+                    if len <= DRAIN_LIMIT {
+                        drain(req.into_body()).await;
+                    }
                     return Err(Error::ManifestTooLarge { limit }.into());
                 }
             }

@@ -19,7 +19,13 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("vessel-testkit", &[][..]),
         (
             "vessel-tests",
-            &["vessel-runtime", "vessel-registry", "vesseld", "vessel-cli", "vessel-testkit"][..],
+            &[
+                "vessel-runtime",
+                "vessel-registry",
+                "vesseld",
+                "vessel-cli",
+                "vessel-testkit",
+            ][..],
         ),
     ])
 }
@@ -32,7 +38,13 @@ const DEV_ALLOWED: &[&str] = &["vessel-testkit"];
 fn workspace_dependency_directions_hold() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
@@ -66,7 +78,11 @@ fn workspace_dependency_directions_hold() {
             let permitted = ok.contains(&dep_name)
                 || (is_dev && (DEV_ALLOWED.contains(&dep_name) || name == "vessel-tests"));
             if !permitted {
-                let kind = if is_dev { "dev-dependency" } else { "dependency" };
+                let kind = if is_dev {
+                    "dev-dependency"
+                } else {
+                    "dependency"
+                };
                 violations.push(format!("{name} -> {dep_name} ({kind}) is not allowed"));
             }
         }

@@ -54,8 +54,9 @@ pub fn have_command(name: &str) -> bool {
         std::env::split_paths(&paths).any(|dir| {
             let p = dir.join(name);
             p.is_file()
-                && std::fs::metadata(&p)
-                    .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+                && std::fs::metadata(&p).is_ok_and(|m| {
+                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
         })
     })
 }
@@ -76,8 +77,7 @@ pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+        .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff)
 }
 
@@ -91,7 +91,8 @@ pub struct TempRoot {
 impl TempRoot {
     /// Make a new empty directory under `$VESSEL_TEST_TMP` (default `/tmp`).
     pub fn new(prefix: &str) -> TempRoot {
-        let base = std::env::var_os("VESSEL_TEST_TMP").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        let base = std::env::var_os("VESSEL_TEST_TMP")
+            .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
         let path = base.join(unique_name(&format!("vessel-test-{prefix}")));
         std::fs::create_dir_all(&path).expect("create temporary root");
         TempRoot {
@@ -160,8 +161,12 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let code = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let code =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(code);
             i += 4;
         } else {
@@ -233,7 +238,11 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
         return pids;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {

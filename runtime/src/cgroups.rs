@@ -1,0 +1,721 @@
+//! Control groups for containers: creation, limits, freezing, statistics and
+//! removal, on cgroup v1, hybrid (v1 controllers plus a cgroup2 hierarchy at
+//! `/sys/fs/cgroup/unified`) and pure v2 hosts.
+//!
+//! Most controllers go through `cgroups-rs`. This module adds what it lacks:
+//! device rules with wildcards as the OCI spec writes them, the hybrid
+//! layout's cgroup2 side (where this kind of host keeps `hugetlb`), the
+//! `unified` key/value map, and cheap status probes that do not need a full
+//! manager. It knows nothing about namespaces or processes beyond PIDs.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use cgroups_rs::manager::{FsManager, Manager};
+use cgroups_rs::{CgroupPid, FreezerState};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const HYBRID_UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+/// How the host's cgroups are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Only v1 hierarchies.
+    V1,
+    /// v1 hierarchies plus a cgroup2 hierarchy at /sys/fs/cgroup/unified.
+    Hybrid,
+    /// One cgroup2 hierarchy at /sys/fs/cgroup.
+    V2,
+}
+
+/// Detect the host's layout.
+pub fn layout() -> Layout {
+    if is_cgroup2(Path::new(CGROUP_ROOT)) {
+        Layout::V2
+    } else if is_cgroup2(Path::new(HYBRID_UNIFIED)) {
+        Layout::Hybrid
+    } else {
+        Layout::V1
+    }
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+/// Where a container's cgroup goes, relative to each hierarchy's root.
+///
+/// An absolute `cgroupsPath` is used as is. A relative one is placed below
+/// the runtime's own cgroup (as runc does). Without one, the container gets
+/// `/vessel/<id>`. systemd-style `slice:prefix:name` paths are refused: this
+/// runtime manages cgroupfs directly.
+pub fn resolve_path(spec_path: Option<&Path>, id: &str) -> Result<String> {
+    let Some(p) = spec_path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(format!("/vessel/{id}"));
+    };
+    let s = p.to_string_lossy();
+    if !s.starts_with('/') && s.split(':').count() == 3 {
+        return Err(Error::Unsupported(format!(
+            "cgroupsPath {s:?} is a systemd unit path; the systemd cgroup driver is not supported, use a cgroupfs path"
+        )));
+    }
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        Path::new(&own_cgroup()).join(p)
+    };
+    // Normalise away "." and refuse ".." so the path cannot leave the tree.
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::ParentDir => {
+                return Err(Error::Config(format!(
+                    "cgroupsPath {s:?} must not contain '..'"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(out.to_string_lossy().into_owned())
+}
+
+/// The runtime's own cgroup: the v2 path, or on v1 the memory controller's
+/// path (used as the parent of relative cgroup paths).
+fn own_cgroup() -> String {
+    let data = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut v2 = None;
+    for line in data.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next(), parts.next(), parts.next());
+        match (ctrls, path) {
+            (Some(c), Some(p)) if c.split(',').any(|x| x == "memory") => return p.to_string(),
+            (Some(""), Some(p)) => v2 = Some(p.to_string()),
+            _ => {}
+        }
+    }
+    v2.unwrap_or_else(|| "/".to_string())
+}
+
+/// A container's cgroup.
+pub struct Cgroup {
+    path: String,
+    layout: Layout,
+    mgr: FsManager,
+}
+
+impl Cgroup {
+    /// Refer to the cgroup at `path` (not created until [`Cgroup::apply`]).
+    pub fn open(path: &str) -> Result<Cgroup> {
+        let rel = path.trim_start_matches('/');
+        let mgr = FsManager::new(rel).map_err(|e| Error::Cgroup(format!("{path}: {e}")))?;
+        Ok(Cgroup {
+            path: path.to_string(),
+            layout: layout(),
+            mgr,
+        })
+    }
+
+    /// The path relative to each hierarchy's root.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Create the cgroup in every hierarchy and move `pid` into it.
+    pub fn apply(&mut self, pid: i32) -> Result<()> {
+        self.mgr
+            .add_proc(CgroupPid::from(pid as u64))
+            .map_err(|e| Error::Cgroup(format!("{}: add process {pid}: {e}", self.path)))?;
+        if self.layout == Layout::Hybrid {
+            let dir = self.unified_dir();
+            create_v2_dir(Path::new(HYBRID_UNIFIED), &self.path)?;
+            write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Move an additional process (an exec'd one) into the cgroup.
+    pub fn add(&mut self, pid: i32) -> Result<()> {
+        self.apply(pid)
+    }
+
+    /// Apply resource limits. `devices` are the device nodes the container
+    /// gets; they are allowed in the device controller after the spec's own
+    /// rules, together with the nodes every container needs.
+    pub fn set(&mut self, res: &LinuxResources, devices: &[LinuxDevice]) -> Result<()> {
+        let mut generic = res.clone();
+        generic.set_devices(None);
+        generic.set_unified(None);
+        if self.layout == Layout::Hybrid {
+            generic.set_hugepage_limits(None);
+        }
+        self.mgr
+            .set(&generic)
+            .map_err(|e| Error::Cgroup(format!("{}: set resources: {e}", self.path)))?;
+        self.set_devices(res.devices().as_deref().unwrap_or_default(), devices)?;
+        if self.layout == Layout::Hybrid {
+            if let Some(limits) = res.hugepage_limits() {
+                let dir = self.unified_dir();
+                for l in limits {
+                    let file = dir.join(format!("hugetlb.{}.max", l.page_size()));
+                    if file.exists() {
+                        write_file(&file, &l.limit().to_string())?;
+                    } else {
+                        tracing::warn!(page_size = %l.page_size(), "hugetlb page size not supported here");
+                    }
+                }
+            }
+        }
+        if let Some(unified) = res.unified() {
+            let dir = match self.layout {
+                Layout::V2 => Path::new(CGROUP_ROOT).join(self.path.trim_start_matches('/')),
+                Layout::Hybrid => self.unified_dir(),
+                Layout::V1 => {
+                    return Err(Error::Unsupported(
+                        "linux.resources.unified needs a cgroup2 hierarchy".into(),
+                    ));
+                }
+            };
+            for (key, value) in unified {
+                if key.contains('/') || key.starts_with('.') {
+                    return Err(Error::Config(format!(
+                        "unified key {key:?} is not a file name"
+                    )));
+                }
+                write_file(&dir.join(key), value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_devices(&self, rules: &[LinuxDeviceCgroup], devices: &[LinuxDevice]) -> Result<()> {
+        if self.layout == Layout::V2 {
+            if rules.iter().any(|r| !r.allow()) {
+                return Err(Error::Unsupported(
+                    "device rules on a pure cgroup2 host need an eBPF device filter, which this runtime does not install yet".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let Some((mount, _)) = cgroups_rs::fs::hierarchies::V1::new()
+            .get_mount_point(cgroups_rs::fs::Controllers::Devices)
+        else {
+            return Ok(());
+        };
+        let dir = mount.join(self.path.trim_start_matches('/'));
+        let mut all = rules.to_vec();
+        all.extend(implicit_device_rules(devices));
+        for rule in &all {
+            let file = if rule.allow() {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            write_file(&dir.join(file), &device_rule_line(rule))?;
+        }
+        Ok(())
+    }
+
+    fn unified_dir(&self) -> PathBuf {
+        Path::new(HYBRID_UNIFIED).join(self.path.trim_start_matches('/'))
+    }
+
+    /// Freeze every process in the cgroup.
+    pub fn freeze(&self) -> Result<()> {
+        self.mgr
+            .freeze(FreezerState::Frozen)
+            .map_err(|e| Error::Cgroup(format!("{}: freeze: {e}", self.path)))
+    }
+
+    /// Thaw a frozen cgroup.
+    pub fn thaw(&self) -> Result<()> {
+        self.mgr
+            .freeze(FreezerState::Thawed)
+            .map_err(|e| Error::Cgroup(format!("{}: thaw: {e}", self.path)))
+    }
+
+    /// PIDs of all processes in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        pids_of(&self.path)
+    }
+
+    /// Remove the cgroup from every hierarchy. Processes must be gone.
+    pub fn destroy(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.mgr.destroy() {
+            errors.push(format!("{e}"));
+        }
+        if self.layout == Layout::Hybrid {
+            let dir = self.unified_dir();
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    errors.push(format!("{}: {e}", dir.display()));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Cgroup(format!(
+                "{}: remove: {}",
+                self.path,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// Resource usage, in the shape `events --stats` prints.
+    pub fn stats(&self) -> Stats {
+        let s = self.mgr.stats();
+        let mut out = Stats::default();
+        if let Some(acct) = s.cpu.cpu_acct {
+            out.cpu.usage = CpuUsage {
+                total: acct.total_usage,
+                percpu: acct.usage_percpu,
+                kernel: acct.system_usage,
+                user: acct.user_usage,
+            };
+        }
+        if let Some(t) = s.cpu.cpu_throttling {
+            out.cpu.throttling = Throttling {
+                periods: t.periods,
+                throttled_periods: t.throttled_periods,
+                throttled_time: t.throttled_time,
+            };
+        }
+        let mem = |m: Option<cgroups_rs::stats::MemoryStats>| {
+            m.map(|m| MemoryEntry {
+                limit: m.limit.max(0) as u64,
+                usage: m.usage,
+                max: m.max_usage,
+                failcnt: m.fail_cnt,
+            })
+            .unwrap_or_default()
+        };
+        out.memory.cache = s.memory.cache;
+        out.memory.usage = mem(s.memory.memory);
+        out.memory.swap = mem(s.memory.memory_swap);
+        out.memory.kernel = mem(s.memory.kernel_memory);
+        out.memory.raw.insert("rss".into(), s.memory.rss);
+        out.memory.raw.insert("cache".into(), s.memory.cache);
+        out.memory.raw.insert("shmem".into(), s.memory.shmem);
+        out.memory
+            .raw
+            .insert("mapped_file".into(), s.memory.mapped_file);
+        out.memory
+            .raw
+            .insert("active_anon".into(), s.memory.active_anon);
+        out.memory
+            .raw
+            .insert("inactive_anon".into(), s.memory.inactive_anon);
+        out.memory
+            .raw
+            .insert("active_file".into(), s.memory.active_file);
+        out.memory
+            .raw
+            .insert("inactive_file".into(), s.memory.inactive_file);
+        out.memory.raw.insert("pgfault".into(), s.memory.pgfault);
+        out.memory
+            .raw
+            .insert("pgmajfault".into(), s.memory.pgmajfault);
+        out.pids = PidsStats {
+            current: s.pids.current,
+            limit: s.pids.limit.max(0) as u64,
+        };
+        let blk = |v: Vec<cgroups_rs::stats::BlkioStat>| {
+            v.into_iter()
+                .map(|b| BlkioEntry {
+                    major: b.major,
+                    minor: b.minor,
+                    op: b.op,
+                    value: b.value,
+                })
+                .collect()
+        };
+        out.blkio.io_service_bytes_recursive = blk(s.blkio.io_service_bytes_recursive);
+        out.blkio.io_serviced_recursive = blk(s.blkio.io_serviced_recursive);
+        for (size, h) in s.hugetlb {
+            out.hugetlb.insert(
+                size,
+                HugetlbStats {
+                    usage: h.usage,
+                    max: h.max_usage,
+                    failcnt: h.fail_cnt,
+                },
+            );
+        }
+        if self.layout == Layout::Hybrid {
+            let dir = self.unified_dir();
+            for size in hugetlb_sizes(&dir) {
+                let read = |f: &str| read_u64(&dir.join(format!("hugetlb.{size}.{f}")));
+                out.hugetlb.insert(
+                    size.clone(),
+                    HugetlbStats {
+                        usage: read("current"),
+                        max: 0,
+                        failcnt: read_kv(&dir.join(format!("hugetlb.{size}.events")), "max"),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// A file of the memory controller (for OOM notification).
+    pub fn memory_file(&self, name: &str) -> Option<PathBuf> {
+        match self.layout {
+            Layout::V2 => Some(
+                Path::new(CGROUP_ROOT)
+                    .join(self.path.trim_start_matches('/'))
+                    .join(name),
+            ),
+            _ => cgroups_rs::fs::hierarchies::V1::new()
+                .get_mount_point(cgroups_rs::fs::Controllers::Mem)
+                .map(|(m, _)| m.join(self.path.trim_start_matches('/')).join(name)),
+        }
+    }
+
+    /// The host's layout as seen when this cgroup was opened.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+}
+
+/// The device nodes every container may use (null, zero, full, random,
+/// urandom, tty, console, ptmx and the pty slaves), creating any device node
+/// (mknod, not use), and each device the configuration creates.
+fn implicit_device_rules(devices: &[LinuxDevice]) -> Vec<LinuxDeviceCgroup> {
+    let rule = |typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(typ));
+        r.set_major(major);
+        r.set_minor(minor);
+        r.set_access(Some(access.to_string()));
+        r
+    };
+    let c = LinuxDeviceType::C;
+    let mut out = vec![
+        rule(c, None, None, "m"),
+        rule(LinuxDeviceType::B, None, None, "m"),
+        rule(c, Some(1), Some(3), "rwm"),
+        rule(c, Some(1), Some(5), "rwm"),
+        rule(c, Some(1), Some(7), "rwm"),
+        rule(c, Some(1), Some(8), "rwm"),
+        rule(c, Some(1), Some(9), "rwm"),
+        rule(c, Some(5), Some(0), "rwm"),
+        rule(c, Some(5), Some(1), "rwm"),
+        rule(c, Some(5), Some(2), "rwm"),
+        rule(c, Some(136), None, "rwm"),
+    ];
+    for d in devices {
+        let typ = match d.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            LinuxDeviceType::P => continue,
+            _ => LinuxDeviceType::C,
+        };
+        out.push(rule(typ, Some(d.major()), Some(d.minor()), "rwm"));
+    }
+    out
+}
+
+/// One line for devices.allow / devices.deny: "c 1:3 rwm", "a *:* rwm".
+fn device_rule_line(rule: &LinuxDeviceCgroup) -> String {
+    let typ = match rule.typ() {
+        Some(LinuxDeviceType::C | LinuxDeviceType::U) => 'c',
+        Some(LinuxDeviceType::B) => 'b',
+        _ => 'a',
+    };
+    let num = |n: Option<i64>| {
+        n.filter(|n| *n >= 0)
+            .map_or_else(|| "*".to_string(), |n| n.to_string())
+    };
+    let access = rule.access().clone().unwrap_or_else(|| "rwm".to_string());
+    let mut line = String::new();
+    let _ = write!(
+        line,
+        "{typ} {}:{} {access}",
+        num(rule.major()),
+        num(rule.minor())
+    );
+    line
+}
+
+/// Create `rel` below a cgroup2 root, enabling every available controller
+/// in each ancestor so that the leaf gets them too.
+fn create_v2_dir(root: &Path, rel: &str) -> Result<()> {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    for part in parts {
+        let controllers =
+            std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let enable = controllers
+            .split_whitespace()
+            .fold(String::new(), |mut acc, c| {
+                let _ = write!(acc, "+{c} ");
+                acc
+            });
+        if !enable.is_empty() {
+            // Best effort: a controller that cannot be delegated here is simply
+            // not available to the container.
+            let _ = write_file(&dir.join("cgroup.subtree_control"), enable.trim_end());
+        }
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create cgroup", &dir, e)),
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, value: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open cgroup file", path, e))?;
+    f.write_all(value.as_bytes())
+        .map_err(|e| Error::io("write cgroup file", path, e))
+}
+
+fn read_u64(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_kv(path: &Path, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok()))?
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn hugetlb_sizes(dir: &Path) -> Vec<String> {
+    let mut sizes: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let size = name.strip_prefix("hugetlb.")?.strip_suffix(".max")?;
+            (!size.contains('.')).then(|| size.to_string())
+        })
+        .collect();
+    sizes.sort();
+    sizes
+}
+
+/// Whether the cgroup at `path` is frozen, without building a manager.
+pub fn is_frozen(path: &str) -> bool {
+    let rel = path.trim_start_matches('/');
+    if layout() == Layout::V2 {
+        return std::fs::read_to_string(Path::new(CGROUP_ROOT).join(rel).join("cgroup.freeze"))
+            .is_ok_and(|s| s.trim() == "1");
+    }
+    let base = v1_mount("freezer").unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/freezer"));
+    std::fs::read_to_string(base.join(rel).join("freezer.state"))
+        .is_ok_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
+}
+
+/// PIDs in the cgroup at `path`, from the pids (or freezer/memory) controller.
+pub fn pids_of(path: &str) -> Vec<i32> {
+    let rel = path.trim_start_matches('/');
+    let dirs: Vec<PathBuf> = if layout() == Layout::V2 {
+        vec![Path::new(CGROUP_ROOT).join(rel)]
+    } else {
+        ["pids", "freezer", "memory", "cpu"]
+            .iter()
+            .filter_map(|c| v1_mount(c))
+            .map(|m| m.join(rel))
+            .collect()
+    };
+    for dir in dirs {
+        if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            return s.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        }
+    }
+    Vec::new()
+}
+
+/// The mount point of a v1 controller, from /proc/self/mountinfo.
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut post = post.split(' ');
+        if post.next()? != "cgroup" {
+            return None;
+        }
+        let opts = post.nth(1)?;
+        if !opts.split(',').any(|o| o == controller) {
+            return None;
+        }
+        pre.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// Resource statistics in runc's `events --stats` shape.
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    /// CPU time and throttling.
+    pub cpu: CpuStats,
+    /// Memory usage.
+    pub memory: MemoryStats,
+    /// Process count.
+    pub pids: PidsStats,
+    /// Block I/O.
+    pub blkio: BlkioStats,
+    /// Huge pages by size.
+    pub hugetlb: std::collections::BTreeMap<String, HugetlbStats>,
+}
+
+/// CPU statistics.
+#[derive(Debug, Default, Serialize)]
+pub struct CpuStats {
+    /// Usage in nanoseconds.
+    pub usage: CpuUsage,
+    /// CFS throttling.
+    pub throttling: Throttling,
+}
+
+/// CPU time in nanoseconds.
+#[derive(Debug, Default, Serialize)]
+pub struct CpuUsage {
+    /// Total.
+    pub total: u64,
+    /// Per CPU.
+    pub percpu: Vec<u64>,
+    /// In the kernel.
+    pub kernel: u64,
+    /// In user space.
+    pub user: u64,
+}
+
+/// CFS throttling counters.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Throttling {
+    /// Periods elapsed.
+    pub periods: u64,
+    /// Periods throttled.
+    pub throttled_periods: u64,
+    /// Time throttled (ns).
+    pub throttled_time: u64,
+}
+
+/// Memory statistics.
+#[derive(Debug, Default, Serialize)]
+pub struct MemoryStats {
+    /// Page cache.
+    pub cache: u64,
+    /// Memory.
+    pub usage: MemoryEntry,
+    /// Memory plus swap.
+    pub swap: MemoryEntry,
+    /// Kernel memory.
+    pub kernel: MemoryEntry,
+    /// Selected raw counters from memory.stat.
+    pub raw: std::collections::BTreeMap<String, u64>,
+}
+
+/// One memory counter with its limit.
+#[derive(Debug, Default, Serialize)]
+pub struct MemoryEntry {
+    /// Limit (bytes).
+    pub limit: u64,
+    /// Usage (bytes).
+    pub usage: u64,
+    /// Peak usage (bytes).
+    pub max: u64,
+    /// Times the limit was hit.
+    pub failcnt: u64,
+}
+
+/// Process count.
+#[derive(Debug, Default, Serialize)]
+pub struct PidsStats {
+    /// Current.
+    pub current: u64,
+    /// Limit (0: none).
+    pub limit: u64,
+}
+
+/// Block I/O statistics.
+#[derive(Debug, Default, Serialize)]
+pub struct BlkioStats {
+    /// Bytes by device and operation.
+    #[serde(rename = "ioServiceBytesRecursive")]
+    pub io_service_bytes_recursive: Vec<BlkioEntry>,
+    /// Operations by device and operation.
+    #[serde(rename = "ioServicedRecursive")]
+    pub io_serviced_recursive: Vec<BlkioEntry>,
+}
+
+/// One block I/O counter.
+#[derive(Debug, Default, Serialize)]
+pub struct BlkioEntry {
+    /// Device major.
+    pub major: u64,
+    /// Device minor.
+    pub minor: u64,
+    /// Read, Write, Sync, Async, Total.
+    pub op: String,
+    /// Value.
+    pub value: u64,
+}
+
+/// Huge page usage for one page size.
+#[derive(Debug, Default, Serialize)]
+pub struct HugetlbStats {
+    /// Usage (bytes).
+    pub usage: u64,
+    /// Peak (bytes).
+    pub max: u64,
+    /// Times the limit was hit.
+    pub failcnt: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_lines() {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(false);
+        r.set_access(Some("rwm".into()));
+        r.set_typ(None);
+        assert_eq!(device_rule_line(&r), "a *:* rwm");
+        r.set_typ(Some(LinuxDeviceType::C));
+        r.set_major(Some(136));
+        assert_eq!(device_rule_line(&r), "c 136:* rwm");
+        r.set_minor(Some(4));
+        r.set_access(Some("rw".into()));
+        assert_eq!(device_rule_line(&r), "c 136:4 rw");
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(resolve_path(None, "abc").unwrap(), "/vessel/abc");
+        assert_eq!(resolve_path(Some(Path::new("/a/b")), "x").unwrap(), "/a/b");
+        assert!(resolve_path(Some(Path::new("/a/../b")), "x").is_err());
+        assert!(resolve_path(Some(Path::new("system.slice:vessel:abc")), "x").is_err());
+        let rel = resolve_path(Some(Path::new("sub/c")), "x").unwrap();
+        assert!(rel.ends_with("/sub/c") && rel.starts_with('/'), "{rel}");
+    }
+}

@@ -3,7 +3,12 @@
 //! scoped tokens and a pull-only token cannot push; over TLS our client and
 //! skopeo verify the registry's certificate against a test CA.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
+
+use std::fmt::Write as _;
 
 use std::path::Path;
 use std::process::Command;
@@ -22,7 +27,7 @@ use vessel_testkit::{TempRoot, have_command, require};
 fn write_htpasswd(path: &Path, users: &[(&str, &str)]) {
     let mut s = String::new();
     for (u, p) in users {
-        s.push_str(&format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()));
+        let _ = writeln!(s, "{u}:{}", bcrypt::hash(p, 4).unwrap());
     }
     std::fs::write(path, s).unwrap();
 }
@@ -369,9 +374,9 @@ async fn token_scopes_are_enforced() {
 }
 
 struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 fn make_pki() -> Pki {
@@ -395,9 +400,9 @@ fn make_pki() -> Pki {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
     Pki {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca: ca.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
     }
 }
 
@@ -405,15 +410,15 @@ fn make_pki() -> Pki {
 async fn tls_clients_verify_the_certificate() {
     let tmp = TempRoot::new("auth-tls");
     let pki = make_pki();
-    std::fs::write(tmp.join("ca.pem"), &pki.ca_pem).unwrap();
-    std::fs::write(tmp.join("cert.pem"), &pki.cert_pem).unwrap();
-    std::fs::write(tmp.join("key.pem"), &pki.key_pem).unwrap();
+    std::fs::write(tmp.join("ca.pem"), &pki.ca).unwrap();
+    std::fs::write(tmp.join("cert.pem"), &pki.cert).unwrap();
+    std::fs::write(tmp.join("key.pem"), &pki.key).unwrap();
     let (cert, key) = (tmp.join("cert.pem"), tmp.join("key.pem"));
     let reg = TestRegistry::start_with(|c| {
         c.server.tls = Some(TlsConfig {
             certificate: cert,
             key,
-        })
+        });
     })
     .await;
     let host = format!("localhost:{}", reg.addr.port());

@@ -3,6 +3,9 @@
 //! resumed downloads, progress events) and Debian's docker-registry
 //! (distribution 2.8) started by the test.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

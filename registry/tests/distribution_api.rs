@@ -2,6 +2,9 @@
 //! distribution spec v1.1 (end-1 .. end-13) with its success and error
 //! statuses, against the registry started on a loopback port.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use bytes::Bytes;

@@ -4,6 +4,9 @@
 //! collection during concurrent pushes deletes nothing a completed push
 //! references.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,9 @@
 //! uploads (PATCH with Content-Range), pulls, and tag listing that follows
 //! `Link` pagination.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

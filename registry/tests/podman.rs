@@ -1,6 +1,9 @@
 //! podman pull and push against vessel-registry, with podman's storage in
 //! a temporary directory (vfs driver, cgroupfs manager: nothing is run).
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
@@ -16,18 +19,18 @@ fn podman(tmp: &Path) -> Command {
             &conf,
             "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nevents_logger = \"none\"\ncgroup_manager = \"cgroupfs\"\n",
         )
-        .unwrap();
+        .expect("write podman test config");
         std::fs::write(
             tmp.join("policy.json"),
             br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
         )
-        .unwrap();
+        .expect("write podman test config");
         std::fs::write(
             tmp.join("registries.conf"),
             "unqualified-search-registries = []\n",
         )
-        .unwrap();
-        std::fs::write(tmp.join("auth.json"), b"{\"auths\":{}}").unwrap();
+        .expect("write podman test config");
+        std::fs::write(tmp.join("auth.json"), b"{\"auths\":{}}").expect("write podman test config");
     }
     let mut c = Command::new("podman");
     c.env("CONTAINERS_CONF", &conf)

@@ -2,6 +2,9 @@
 //! `--all` on an index), registry-to-registry copies that mount blobs,
 //! inspect, list-tags and delete.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,9 @@
 //! The filesystem driver passes the storage-driver conformance suite, and
 //! survives what a crash leaves behind.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used)]
+
 use vessel_registry::storage::fs::{FsDriver, FsOptions};
 use vessel_registry::storage::{StorageDriver, conformance};
 use vessel_testkit::TempRoot;

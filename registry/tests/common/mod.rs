@@ -2,7 +2,7 @@
 //! loopback port, a small HTTP client, test images made from random bytes,
 //! and child processes that are killed when dropped.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::{Http, TestImage, TestRegistry};
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client as HClient;
@@ -126,7 +127,6 @@ async fn retries_redirects_and_resumes_without_leaking_credentials() {
                     let (parts, body) = resp.into_parts();
                     let mut stream = body.into_data_stream();
                     let mut first = Vec::new();
-                    use futures_util::StreamExt as _;
                     while first.len() < 1_000_000 {
                         match stream.next().await {
                             Some(Ok(c)) => first.extend_from_slice(&c),

@@ -623,13 +623,22 @@ async fn blob_get(
     head_only: bool,
 ) -> Result<Response<Body>, HttpError> {
     let reg = &state.registry;
-    let size = reg.stat_blob(name, digest).await?;
     let b = base_response(StatusCode::OK)
         .header("docker-content-digest", digest.to_string())
         .header(header::ETAG, format!("\"{digest}\""))
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, "application/octet-stream");
-    let range = match header_str(req.headers(), header::RANGE) {
+    let range_header = header_str(req.headers(), header::RANGE);
+    if !head_only && range_header.is_none() {
+        // The common case in one storage round trip less.
+        let reader = reg.get_blob(name, digest, None).await?;
+        return Ok(b
+            .header(header::CONTENT_LENGTH, reader.size)
+            .body(stream_body(state, reader.stream))
+            .expect("valid response"));
+    }
+    let size = reg.stat_blob(name, digest).await?;
+    let range = match range_header {
         Some(h) => match parse_range(h, size) {
             Some(r) if r.start < r.end && r.end <= size => Some(r),
             _ => {

@@ -432,6 +432,14 @@ async fn gc_cli_dry_run_and_untagged() {
             .status,
         202
     );
+    // A sweep refuses to run beside a live registry on the same storage.
+    let out = Command::new(registry_bin())
+        .args(["gc", "--grace", "0s", "--root"])
+        .arg(&storage)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a running registry"));
     reg.stop().await;
 
     let out = Command::new(registry_bin())

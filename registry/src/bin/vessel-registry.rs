@@ -177,6 +177,18 @@ async fn run_gc(a: GcArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("open storage {}", cfg.storage.root.display()))?;
+    // A sweep beside a server in another process could race its pushes
+    // (the lock that orders them lives in the server); a dry run only reads.
+    let _lock = if a.dry_run {
+        None
+    } else {
+        Some(driver.process_lock(true).with_context(|| {
+            format!(
+                "storage {} is in use by a running registry; stop it, or set gc.interval to collect inside it",
+                cfg.storage.root.display()
+            )
+        })?)
+    };
     let reg = Registry::new(
         Arc::new(driver),
         Limits {

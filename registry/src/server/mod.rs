@@ -103,6 +103,7 @@ pub struct ServerHandle {
     accept: JoinHandle<()>,
     gc: Option<JoinHandle<()>>,
     state: Arc<State>,
+    store_lock: Option<crate::storage::fs::StoreLock>,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
@@ -146,7 +147,10 @@ impl Server {
                 fsync: cfg.storage.fsync,
             },
         )?;
-        Self::start_with_storage(cfg, Arc::new(driver)).await
+        let lock = driver.process_lock(false)?;
+        let mut handle = Self::start_with_storage(cfg, Arc::new(driver)).await?;
+        handle.store_lock = Some(lock);
+        Ok(handle)
     }
 
     /// Start serving over a storage driver chosen by the embedder.
@@ -204,6 +208,7 @@ impl Server {
             accept,
             gc,
             state,
+            store_lock: None,
         })
     }
 }
@@ -315,6 +320,7 @@ impl ServerHandle {
         if let Some(gc) = self.gc {
             let _ = gc.await;
         }
+        drop(self.store_lock);
         tracing::info!(addr = %self.addr, "registry stopped");
     }
 

@@ -55,6 +55,11 @@ impl Default for FsOptions {
     }
 }
 
+/// A held process lock on a store (see [`FsDriver::process_lock`]).
+pub struct StoreLock {
+    _file: File,
+}
+
 struct UploadState {
     /// Bytes hashed by `hasher` (equals the file size while in sync).
     size: u64,
@@ -113,6 +118,32 @@ impl FsDriver {
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Take the store's process lock: shared for a serving registry (any
+    /// number may serve one root), exclusive for an offline sweep, which
+    /// must not run beside a server in another process because the GC lock
+    /// that protects pushes lives in the server's memory. Fails with
+    /// `WouldBlock` when the other kind is held. Released on drop.
+    pub fn process_lock(&self, exclusive: bool) -> Result<StoreLock> {
+        let p = self.root.join("registry.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err("open lock", &p))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        // SAFETY: flock(2) on a descriptor we own for the duration of the call.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), op) };
+        if rc != 0 {
+            return Err(io_err("lock", &p)(std::io::Error::last_os_error()));
+        }
+        Ok(StoreLock { _file: f })
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {

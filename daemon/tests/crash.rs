@@ -3,6 +3,8 @@
 //! store must open, `verify` must report it consistent, no temporary files
 //! may survive the open, and every listed image must be complete.
 
+#![allow(clippy::unwrap_used, clippy::many_single_char_names)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,6 +1,8 @@
 //! Hostile layer tarballs: each must give a clear error or a result
 //! contained in the snapshot, and nothing outside the store may change.
 
+#![allow(clippy::unwrap_used, clippy::many_single_char_names)]
+
 mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

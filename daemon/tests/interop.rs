@@ -2,6 +2,8 @@
 //! skopeo and podman load into the store, what the store saves loads into
 //! podman, and OCI layouts round-trip through skopeo byte for byte.
 
+#![allow(clippy::unwrap_used, clippy::many_single_char_names)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,8 @@
 //! history, tag, save/load round trips, import, remove with conflicts,
 //! prune, verify, shared snapshots, and (privileged) overlay mounts.
 
+#![allow(clippy::unwrap_used, clippy::many_single_char_names)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -118,7 +120,7 @@ fn save_and_load_round_trip_in_both_formats() {
     assert_eq!(
         b.load_archive(&docker[..], &mut common::no_progress())
             .unwrap(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     assert_eq!(
         b.list().unwrap()[0].repo_tags,
@@ -133,7 +135,7 @@ fn save_and_load_round_trip_in_both_formats() {
     assert_eq!(
         c.load_archive(&oci[..], &mut common::no_progress())
             .unwrap(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     assert_eq!(c.list().unwrap()[0].repo_tags, ["busybox:latest"]);
 
@@ -144,7 +146,7 @@ fn save_and_load_round_trip_in_both_formats() {
     assert_eq!(
         d.load_oci_layout(&t.join("layout"), None, &mut common::no_progress())
             .unwrap(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     // The OCI layout carries the stored manifest byte for byte.
     let rec = store.resolve("busybox").unwrap();

@@ -153,7 +153,7 @@ impl ImageStore {
             match res {
                 Ok(applied) => unpacked = Some((tmp, applied)),
                 Err(e) => {
-                    tracing::debug!(error = %e, "member did not unpack as a layer; deciding when manifests are read")
+                    tracing::debug!(error = %e, "member did not unpack as a layer; deciding when manifests are read");
                 }
             }
         } else {
@@ -217,7 +217,7 @@ impl ImageStore {
                 tar::EntryType::Symlink | tar::EntryType::Link => {
                     let target = entry
                         .link_name_bytes()
-                        .map(|t| t.into_owned())
+                        .map(std::borrow::Cow::into_owned)
                         .unwrap_or_default();
                     let joined = if entry.header().entry_type() == tar::EntryType::Symlink
                         && !target.starts_with(b"/")
@@ -318,16 +318,15 @@ impl ImageStore {
                     let m = members
                         .get_mut(&lname)
                         .ok_or_else(|| Error::Missing(l.clone()))?;
-                    let compression = match m.compression {
-                        Some(c) => c,
-                        None => {
-                            let mut f = self.content().open_blob(&m.digest)?;
-                            let head = read_head(&mut f, 8).map_err(Error::Read)?;
-                            Compression::detect(&head).map_err(|c| Error::BadMember {
-                                name: l.clone(),
-                                reason: format!("{c} compression is not supported"),
-                            })?
-                        }
+                    let compression = if let Some(c) = m.compression {
+                        c
+                    } else {
+                        let mut f = self.content().open_blob(&m.digest)?;
+                        let head = read_head(&mut f, 8).map_err(Error::Read)?;
+                        Compression::detect(&head).map_err(|c| Error::BadMember {
+                            name: l.clone(),
+                            reason: format!("{c} compression is not supported"),
+                        })?
                     };
                     let media_type = match compression {
                         Compression::None => manifest::DOCKER_LAYER,
@@ -601,18 +600,15 @@ impl ImageStore {
         options: &super::ImportOptions,
     ) -> Result<Digest> {
         let mut m = self.ingest_member(lease, reader, None, true)?;
-        let (tmp, applied) = match m.unpacked.take() {
-            Some(u) => u,
-            None => {
-                // Not recognisable as a layer: unpack once more to get the error.
-                let tmp = self.snapshots().temp()?;
-                let f = self.content().open_blob(&m.digest)?;
-                let err = layer::apply(f, tmp.path(), None, self.limits()).err();
-                return Err(super::Error::Layer {
-                    digest: m.digest.to_string(),
-                    source: err.unwrap_or(layer::Error::Compression("unknown")),
-                });
-            }
+        let Some((tmp, applied)) = m.unpacked.take() else {
+            // Not recognisable as a layer: unpack once more to get the error.
+            let tmp = self.snapshots().temp()?;
+            let f = self.content().open_blob(&m.digest)?;
+            let err = layer::apply(f, tmp.path(), None, self.limits()).err();
+            return Err(super::Error::Layer {
+                digest: m.digest.to_string(),
+                source: err.unwrap_or(layer::Error::Compression("unknown")),
+            });
         };
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
         let mut rc = super::RunConfig::default();

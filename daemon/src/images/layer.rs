@@ -185,9 +185,11 @@ pub fn apply(
 }
 
 fn stream_error(e: io::Error) -> Error {
-    if e.get_ref()
-        .is_some_and(|inner| inner.is::<targuard::Error>())
-    {
+    if e.get_ref().is_some_and(
+        <dyn std::error::Error + std::marker::Send + std::marker::Sync + 'static>::is::<
+            targuard::Error,
+        >,
+    ) {
         let inner = e
             .into_inner()
             .expect("checked above that there is an inner error");
@@ -262,8 +264,7 @@ impl Unpacker {
                     0,
                 )
                 .map_err(e("open root"))?;
-                self.set_owner_mode_fd(&entry, fd.as_fd())
-                    .map_err(e("set owner and mode"))?;
+                set_owner_mode_fd(&entry, fd.as_fd()).map_err(e("set owner and mode"))?;
                 let (s, ns) = pax_info(&mut entry).map_err(e("read extended header"))?.0;
                 self.dirs.push((Vec::new(), s, ns));
                 return Ok(());
@@ -565,16 +566,6 @@ impl Unpacker {
         }
     }
 
-    fn set_owner_mode_fd<R: Read>(
-        &self,
-        entry: &tar::Entry<'_, R>,
-        fd: BorrowedFd<'_>,
-    ) -> io::Result<()> {
-        let h = entry.header();
-        sys::fchown(fd, h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32)?;
-        sys::fchmod(fd, (h.mode()? & 0o7777) as libc::mode_t)
-    }
-
     fn finish_dirs(&mut self) -> Result<()> {
         self.parent_cache = None;
         let dirs = std::mem::take(&mut self.dirs);
@@ -626,8 +617,18 @@ impl Unpacker {
     }
 }
 
+fn set_owner_mode_fd<R: Read>(entry: &tar::Entry<'_, R>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let h = entry.header();
+    sys::fchown(fd, h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32)?;
+    sys::fchmod(fd, (h.mode()? & 0o7777) as libc::mode_t)
+}
+
 fn entry_read_error(entry: &str, err: io::Error) -> Error {
-    if err.get_ref().is_some_and(|i| i.is::<targuard::Error>()) {
+    if err.get_ref().is_some_and(
+        <dyn std::error::Error + std::marker::Send + std::marker::Sync + 'static>::is::<
+            targuard::Error,
+        >,
+    ) {
         return stream_error(err);
     }
     if err.kind() == io::ErrorKind::UnexpectedEof

@@ -166,7 +166,7 @@ pub struct Index {
 /// What a manifest-like document turned out to be.
 #[derive(Debug, Clone)]
 pub enum Parsed {
-    Manifest(Manifest),
+    Manifest(Box<Manifest>),
     Index(Index),
 }
 
@@ -202,7 +202,7 @@ pub fn parse(data: &[u8], declared: Option<&str>) -> Result<Parsed> {
         for l in &m.layers {
             layer_kind(&l.media_type)?;
         }
-        Ok(Parsed::Manifest(m))
+        Ok(Parsed::Manifest(Box::new(m)))
     }
 }
 
@@ -220,8 +220,12 @@ pub fn select_platform<'a>(index: &'a Index, want: &Platform) -> Result<&'a Desc
 /// non-distributable layers we refuse.
 pub fn layer_kind(media_type: &str) -> Result<()> {
     match media_type {
-        OCI_LAYER | OCI_LAYER_GZIP | OCI_LAYER_ZSTD | DOCKER_LAYER | DOCKER_LAYER_GZIP => Ok(()),
-        "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        OCI_LAYER
+        | OCI_LAYER_GZIP
+        | OCI_LAYER_ZSTD
+        | DOCKER_LAYER
+        | DOCKER_LAYER_GZIP
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
         | DOCKER_FOREIGN_LAYER => Ok(()),

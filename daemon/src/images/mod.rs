@@ -454,7 +454,7 @@ impl ImageStore {
             lease_counter: std::sync::atomic::AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
         };
-        let leases = store.db.read(|rx| rx.leases())?;
+        let leases = store.db.read(db::Rx::leases)?;
         if !leases.is_empty() {
             for (id, lease) in &leases {
                 tracing::info!(lease = %id, operation = %lease.operation, "cleaning up after interrupted operation");
@@ -773,7 +773,7 @@ impl ImageStore {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read references; leaving cleanup to the next gc")
+                tracing::warn!(error = %e, "cannot read references; leaving cleanup to the next gc");
             }
         }
         drop(inflight);
@@ -1413,7 +1413,7 @@ impl ImageStore {
     }
 
     pub(crate) fn db_tags(&self) -> Result<Vec<(String, Digest)>> {
-        Ok(self.db.read(|rx| rx.tags())?)
+        Ok(self.db.read(db::Rx::tags)?)
     }
 
     pub(crate) fn db_snapshot_size(&self, chain: &Digest) -> Result<u64> {
@@ -1450,29 +1450,25 @@ impl ImageStore {
         parent: Option<&str>,
         options: &CommitOptions,
     ) -> Result<Digest> {
-        let (parent_rec, mut config) = match parent {
-            Some(p) => {
-                let rec = self.resolve(p)?;
-                let cfg =
-                    ImageConfig::parse(&self.content.read_blob(&rec.config.digest, JSON_LIMIT)?)?;
-                (Some(rec), cfg)
-            }
-            None => {
-                let p = Platform::host();
-                (
-                    None,
-                    ImageConfig {
-                        architecture: p.architecture,
-                        os: p.os,
-                        variant: p.variant,
-                        rootfs: manifest::RootFs {
-                            kind: "layers".into(),
-                            diff_ids: Vec::new(),
-                        },
-                        ..ImageConfig::default()
+        let (parent_rec, mut config) = if let Some(p) = parent {
+            let rec = self.resolve(p)?;
+            let cfg = ImageConfig::parse(&self.content.read_blob(&rec.config.digest, JSON_LIMIT)?)?;
+            (Some(rec), cfg)
+        } else {
+            let p = Platform::host();
+            (
+                None,
+                ImageConfig {
+                    architecture: p.architecture,
+                    os: p.os,
+                    variant: p.variant,
+                    rootfs: manifest::RootFs {
+                        kind: "layers".into(),
+                        diff_ids: Vec::new(),
                     },
-                )
-            }
+                    ..ImageConfig::default()
+                },
+            )
         };
         let w = self.content.temp_writer(Algorithm::Sha256)?;
         let gz = flate2::write::GzEncoder::new(

@@ -403,7 +403,7 @@ fn mount_lowerdir_plus(m: &Mount, target: &Path) -> io::Result<()> {
         ctx.set_string("upperdir", u.as_os_str())?;
         ctx.set_string("workdir", w.as_os_str())?;
     }
-    let attr = if m.read_only { 0x1 } else { 0 }; // MOUNT_ATTR_RDONLY
+    let attr = u32::from(m.read_only); // MOUNT_ATTR_RDONLY
     ctx.mount_at(target, attr)
 }
 

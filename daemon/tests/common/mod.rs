@@ -1,7 +1,7 @@
 //! Helpers shared by the image store's integration tests: the busybox
 //! fixture, crafted tar entries (including names a well-behaved tar library
 //! refuses to write), and docker-archive assembly.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::items_after_statements)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -33,6 +33,7 @@ loader="$CARGO_TARGET_DIR/release/examples/image-load"
 # ---- the image: five gzip layers from this machine's /usr and /etc ----
 layers=(usr/lib/gcc usr/include "usr/lib/python3.11 usr/lib/python3" usr/libexec etc)
 mkdir -p "$work/archive"
+uncompressed=0
 diff_ids=()
 layer_paths=()
 for i in "${!layers[@]}"; do
@@ -40,6 +41,7 @@ for i in "${!layers[@]}"; do
     tar --create --format=gnu --numeric-owner --owner=0 --group=0 --mtime=@0 --sort=name \
         --ignore-failed-read --directory / ${layers[$i]} 2>/dev/null > "$work/layer$i.tar" || true
     diff_ids+=("sha256:$(sha256sum "$work/layer$i.tar" | cut -d' ' -f1)")
+    uncompressed=$((uncompressed + $(stat -c %s "$work/layer$i.tar")))
     gzip -6 -n -c "$work/layer$i.tar" > "$work/layer$i.tar.gz"
     rm "$work/layer$i.tar"
     hex=$(sha256sum "$work/layer$i.tar.gz" | cut -d' ' -f1)
@@ -57,9 +59,9 @@ printf '[{"Config":"%s.json","RepoTags":["bench/images:latest"],"Layers":[%s]}]'
 tar --create --file "$work/image.tar" --directory "$work/archive" .
 compressed=$(du -sb "$work/archive" | cut -f1)
 rm -rf "$work/archive"
-uncompressed=0
 mkdir -p "$work/x"
-echo "image: ${#layers[@]} layers, $((compressed / 1048576)) MiB compressed" >&2
+echo "image: ${#layers[@]} layers, $((uncompressed / 1048576)) MiB of tar, $((compressed / 1048576)) MiB gzip" >&2
+
 
 # ---- contenders; each prints nothing, times are taken around it ----
 t_now() { date +%s.%N; }

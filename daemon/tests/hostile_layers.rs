@@ -567,3 +567,32 @@ fn unpack_into_a_directory_directly() {
     assert_eq!(std::fs::read(dest.join("plain")).unwrap(), data);
     assert!(Path::new(&dest).join("plain").exists());
 }
+
+#[test]
+fn oversized_metadata_in_the_outer_archive_is_rejected() {
+    let c = Case::new("h-outer");
+    let mut e = E::file("manifest.json", b"[]");
+    e.pax.push(("comment".into(), vec![b'a'; 2 << 20]));
+    let r = c
+        .store
+        .load_archive(&tar_of(&[e])[..], &mut common::no_progress());
+    let err = r.as_ref().unwrap_err();
+    assert!(chain(err).contains("metadata member"), "{}", chain(err));
+    c.check(&r);
+}
+
+#[test]
+fn archive_without_manifests_is_a_clear_error() {
+    let c = Case::new("h-noman");
+    let r = c.store.load_archive(
+        &tar_of(&[E::file("hello", b"x")])[..],
+        &mut common::no_progress(),
+    );
+    let err = r.as_ref().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("neither manifest.json nor an OCI index.json"),
+        "{err}"
+    );
+    c.check(&r);
+}

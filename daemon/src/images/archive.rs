@@ -202,7 +202,9 @@ impl ImageStore {
         reader: impl Read,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Vec<Digest>> {
-        let mut outer = tar::Archive::new(reader);
+        // The outer archive is untrusted too: bound its metadata members.
+        let mut outer = tar::Archive::new(super::targuard::TarGuard::new(reader, u64::MAX));
+
         let mut members: HashMap<String, Member> = HashMap::new();
         let mut links: HashMap<String, String> = HashMap::new();
         let mut small: HashMap<String, Vec<u8>> = HashMap::new();

@@ -14,9 +14,12 @@
 //! lower directory per `fsconfig(FSCONFIG_SET_STRING, "lowerdir+", path)`
 //! call (Linux 6.8+), which has no total length limit. On older kernels it
 //! falls back to `mount(2)`; when the option string would not fit in a page
-//! it first creates a scratch directory of one-character-named symlinks to
-//! the layers next to the target, mounts through those short names (overlay
-//! resolves them once, at mount time) and removes the symlinks again.
+//! it creates a scratch directory of symlinks with one- or two-character
+//! names next to the target and mounts from a forked child whose working
+//! directory is that scratch directory, so the option string holds only the
+//! short relative names (overlay resolves them once, at mount time) and this
+//! process's working directory never changes. The symlinks are removed
+//! right after.
 
 use std::ffi::OsString;
 use std::fs;

@@ -95,6 +95,27 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     }
 }
 
+/// A writer that hands copies of its input to another thread.
+struct ChannelWriter {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("blob writer closed"))?;
+        tx.send(buf.to_vec())
+            .map_err(|_| io::Error::other("blob writer stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn looks_like_layer(head: &[u8]) -> bool {
     matches!(
         Compression::detect(head),
@@ -139,17 +160,37 @@ impl ImageStore {
         let mut unpacked = None;
         if layerish {
             let tmp = self.snapshots().temp()?;
-            let mut tee = Tee {
-                r: io::Cursor::new(head).chain(r),
-                w: &mut w,
-                err: None,
-            };
-            let res = layer::apply(&mut tee, tmp.path(), None, self.limits());
-            let drained = io::copy(&mut tee, &mut io::sink());
-            if let Some(e) = tee.err.take() {
-                return Err(Error::Read(e).into());
-            }
+            // Two stages on two threads: this one decompresses, hashes the
+            // tar stream and writes the files; a helper hashes and writes
+            // the compressed blob.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(32);
+            let (res, drained, blob) = std::thread::scope(|s| {
+                let blob_writer = s.spawn(move || {
+                    for chunk in rx {
+                        if let Err(e) = w.write_all(&chunk) {
+                            return (w, Err(e));
+                        }
+                    }
+                    (w, Ok(()))
+                });
+                let mut chan = ChannelWriter { tx: Some(tx) };
+                let mut tee = Tee {
+                    r: io::Cursor::new(head).chain(&mut r),
+                    w: &mut chan,
+                    err: None,
+                };
+                let res = layer::apply(&mut tee, tmp.path(), None, self.limits());
+                let drained = io::copy(&mut tee, &mut io::sink());
+                chan.tx = None;
+                let blob = blob_writer.join();
+                (res, drained, blob)
+            });
+            let (writer, written) =
+                blob.map_err(|_| Error::Read(io::Error::other("blob writer thread panicked")))?;
+            w = writer;
+            written.map_err(Error::Read)?;
             drained.map_err(Error::Read)?;
+
             match res {
                 Ok(applied) => unpacked = Some((tmp, applied)),
                 Err(e) => {

@@ -88,7 +88,7 @@ storage:
 http:
   addr: 127.0.0.1:$DIST_PORT
 EOF
-    docker-registry serve "$WORK/dist.yml" >"$WORK/dist.log" 2>&1 &
+    env -u REGISTRY_AUTH_FILE docker-registry serve "$WORK/dist.yml" >"$WORK/dist.log" 2>&1 &
     DIST_PID=$!
     PIDS+=("$DIST_PID")
     wait_port "$DIST_PORT" dist "$DIST_PID"
@@ -142,8 +142,8 @@ echo '{"imageLayoutVersion":"1.0.0"}' >"$LAYOUT/oci-layout"
 TOTAL_BYTES=$(du -cb "$LAYOUT"/blobs/sha256/* | tail -1 | cut -f1)
 echo "image: $((TOTAL_BYTES / 1024 / 1024)) MiB in $LAYERS layers" >&2
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
-export REGISTRY_AUTH_FILE=$WORK/auth.json
-SKOPEO=(skopeo --policy "$WORK/policy.json")
+# Not exported: distribution reads REGISTRY_* variables as config overrides.
+SKOPEO=(env "REGISTRY_AUTH_FILE=$WORK/auth.json" skopeo --policy "$WORK/policy.json")
 
 # ---- raw limit: sha256 + write of the same bytes ----------------------------
 raw_once() { # $1: fsync or nosync

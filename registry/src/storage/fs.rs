@@ -37,6 +37,8 @@ use crate::oci;
 
 /// Chunk size for streaming reads and for batching writes.
 const CHUNK: usize = 1 << 20;
+/// Chunk size when streaming a blob out.
+const STREAM_CHUNK: usize = 2 << 20;
 /// Blobs up to this size are read into memory in one step when served.
 const WHOLE_READ_LIMIT: u64 = 4 << 20;
 
@@ -365,9 +367,10 @@ fn stream_file(mut f: File, path: PathBuf, start: u64, len: u64) -> ByteStream {
         }
         let mut left = len;
         while left > 0 {
-            let want = left.min(CHUNK as u64) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            match f.read(&mut buf) {
+            let want = left.min(STREAM_CHUNK as u64);
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want as usize);
+            match (&mut f).take(want).read_to_end(&mut buf) {
                 Ok(0) => {
                     let _ = tx.blocking_send(Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -376,13 +379,11 @@ fn stream_file(mut f: File, path: PathBuf, start: u64, len: u64) -> ByteStream {
                     return;
                 }
                 Ok(n) => {
-                    buf.truncate(n);
                     left -= n as u64;
-                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // the client went away
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
                     return;
@@ -435,11 +436,20 @@ impl StorageDriver for FsDriver {
             }
             let len = r.end - r.start;
             if len <= WHOLE_READ_LIMIT {
-                let mut buf = BytesMut::zeroed(len as usize);
+                let mut buf = Vec::with_capacity(len as usize);
                 f.seek(SeekFrom::Start(r.start))
                     .map_err(io_err("seek", &p))?;
-                f.read_exact(&mut buf).map_err(io_err("read", &p))?;
-                let data = buf.freeze();
+                let n = (&mut f)
+                    .take(len)
+                    .read_to_end(&mut buf)
+                    .map_err(io_err("read", &p))?;
+                if n as u64 != len {
+                    return Err(Error::Corrupt {
+                        path: p.display().to_string(),
+                        what: format!("{n} bytes where {len} were expected"),
+                    });
+                }
+                let data = Bytes::from(buf);
                 return Ok(BlobReader {
                     size,
                     stream: Box::pin(futures_util::stream::iter([Ok(data)])),

@@ -407,6 +407,23 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         }
     }
     std::fs::remove_file(&fifo_path).map_err(|e| Error::io("remove exec fifo", &fifo_path, e))?;
+    // The init keeps its (close-on-exec) write end open until execve; wait
+    // for that so the user's program runs before the poststart hooks.
+    loop {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("poll the exec fifo", e)),
+            Ok(_) => {}
+        }
+        let mut b = [0u8; 16];
+        match nix::unistd::read(fifo.as_fd(), &mut b) {
+            Ok(0) => break,
+            Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::sys("read the exec fifo", e)),
+        }
+    }
     if let Some(h) = state
         .config
         .hooks()

@@ -180,6 +180,7 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
     nix::unistd::setsid().sys(|| "setsid".into())?;
 
     let linux = cfg.spec.linux().as_ref();
+    let mut hook_state = serde_json::Value::Null;
     if let Role::Init {
         no_pivot,
         no_new_keyring,
@@ -203,14 +204,14 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
                 )));
             }
         };
-        let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        hook_state = serde_json::from_str(&state).unwrap_or_default();
         if let Some(h) = cfg
             .spec
             .hooks()
             .as_ref()
             .and_then(|h| h.create_container().as_ref())
         {
-            hooks::run_all("createContainer", h, &state)?;
+            hooks::run_all("createContainer", h, &hook_state)?;
         }
         if *no_pivot {
             rootfs::move_root(cfg.rootfs)?;
@@ -288,9 +289,10 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
 
     chan.send(&Msg::Ready)?;
 
-    if let Role::Init { fifo, .. } = &cfg.role {
-        wait_for_start(fifo)?;
-    }
+    let _started = match &cfg.role {
+        Role::Init { fifo, .. } => Some(wait_for_start(fifo)?),
+        Role::Exec => None,
+    };
     if let (Some(f), true) = (filter, no_new_privs) {
         listener = seccomp::load(f)?;
     }
@@ -304,14 +306,9 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
             .as_ref()
             .and_then(|h| h.start_container().as_ref())
         {
-            let state = serde_json::json!({
-                "ociVersion": spec::OCI_VERSION,
-                "id": cfg.id,
-                "status": "created",
-                "pid": nix::unistd::getpid().as_raw(),
-                "bundle": "",
-                "annotations": spec::annotations(cfg.spec),
-            });
+            let mut state = hook_state.clone();
+            state["status"] = "created".into();
+            state["pid"] = nix::unistd::getpid().as_raw().into();
             hooks::run_all("startContainer", h, &state)?;
         }
     }
@@ -321,7 +318,12 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
 }
 
 /// Block until `start` opens the exec fifo for reading, then signal it.
-fn wait_for_start(fifo: &OwnedFd) -> Result<()> {
+///
+/// The returned write end is close-on-exec and must stay open until
+/// `execve`: `start` waits for it to close, so it returns only once the
+/// user's program has replaced us (or we died), which orders the poststart
+/// hooks after the startContainer hooks and the exec.
+fn wait_for_start(fifo: &OwnedFd) -> Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
     let fd = nix::fcntl::open(
         Path::new(&path),
@@ -330,7 +332,7 @@ fn wait_for_start(fifo: &OwnedFd) -> Result<()> {
     )
     .sys(|| "open the exec fifo".into())?;
     nix::unistd::write(&fd, b"0").sys(|| "write the exec fifo".into())?;
-    Ok(())
+    Ok(fd)
 }
 
 fn send_seccomp_listener(cfg: &ChildConfig<'_>, fd: &OwnedFd) -> Result<()> {

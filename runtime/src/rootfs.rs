@@ -87,6 +87,10 @@ impl Rootfs<'_> {
             self.create_devices(root.as_fd())?;
             self.dev_symlinks(root.as_fd())?;
         }
+        // Like other runtimes, create a missing working directory.
+        if let Some(p) = self.spec.process() {
+            ensure_dir(root.as_fd(), p.cwd(), false)?;
+        }
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 //! containers: namespaces, mounts, devices, identity, capabilities, limits,
 //! hooks, the console socket and seccomp.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;
@@ -40,7 +42,7 @@ fn pid_ipc_net_namespaces_are_private() {
         "only loopback in a new network namespace: {out}"
     );
     for name in ["pid", "net", "ipc", "uts", "mnt", "cgroup"] {
-        let mut b = env.bundle(&["readlink", &format!("/proc/self/ns/{name}")]);
+        let b = env.bundle(&["readlink", &format!("/proc/self/ns/{name}")]);
         b.save();
         let inside = env.run_ok(&b);
         let host = std::fs::read_link(format!("/proc/self/ns/{name}")).unwrap();
@@ -378,9 +380,9 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
 
 #[test]
 fn console_socket_receives_a_working_terminal() {
-    need_root!();
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
+    need_root!();
     let env = Env::new("rt-tty");
     let mut b = env.bundle(&["sh"]);
     b.config["process"]["terminal"] = json!(true);

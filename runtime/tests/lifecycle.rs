@@ -1,6 +1,8 @@
 //! The runc command-line contract: lifecycle commands, their output shapes
 //! and their error messages, driven through the real binary.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Env, stderr, stdout};

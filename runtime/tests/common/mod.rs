@@ -2,7 +2,7 @@
 //! root, bundles made from the offline busybox root filesystem, and the
 //! `vessel-runtime` binary driven as containerd or podman would drive it.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

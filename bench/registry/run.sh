@@ -7,7 +7,8 @@
 #   RUNS=3 LAYER_MB=20 bench/registry/run.sh
 #
 # Measures: cold push and cold pull of a 5-layer image (fresh registry
-# storage for every push, fresh destination for every pull), blob GET
+# storage for every push, fresh destination for every pull) with skopeo
+# and with Vessel's own client library (registry/examples/transfer.rs), blob GET
 # (1 MiB) and manifest GET throughput with 16 connections, and the raw
 # limit of the machine for the same bytes (sha256 + write, with and without
 # fsync). Prints medians and ratios. Cleans up every process and directory
@@ -51,8 +52,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "building vessel-registry (release)..." >&2
-cargo build --release -q -p vessel-registry --manifest-path "$ROOT/Cargo.toml"
+cargo build --release -q -p vessel-registry --manifest-path "$ROOT/Cargo.toml" --bin vessel-registry --example transfer
 VESSEL_BIN=$CARGO_TARGET_DIR/release/vessel-registry
+TRANSFER=$CARGO_TARGET_DIR/release/examples/transfer
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { # $1 port, $2 name, $3 pid
@@ -198,6 +200,39 @@ push_times dist "$WORK/t-dist-push"
 push_times vessel "$WORK/t-vessel-push"
 pull_times "$DIST_PORT" "$WORK/t-dist-pull"
 pull_times "$VESSEL_PORT" "$WORK/t-vessel-pull"
+# The same with Vessel's client library (what the daemon will use).
+lib_push_times() { # $1: dist|vessel, $2: output file
+    local port t0 t1
+    : >"$2"
+    for _ in $(seq 1 "$RUNS"); do
+        if [ "$1" = dist ]; then stop_dist; start_dist; port=$DIST_PORT; else stop_vessel; start_vessel; port=$VESSEL_PORT; fi
+        t0=$(now)
+        "$TRANSFER" push "$LAYOUT" v1 "127.0.0.1:$port/bench/app:v1" >/dev/null
+        t1=$(now)
+        echo "$t1 - $t0" | bc -l >>"$2"
+    done
+}
+lib_pull_times() { # $1: port, $2: output file
+    local t0 t1
+    : >"$2"
+    for _ in $(seq 1 "$RUNS"); do
+        rm -rf "$WORK/pull"
+        t0=$(now)
+        "$TRANSFER" pull "127.0.0.1:$1/bench/app:v1" "$WORK/pull" >/dev/null
+        t1=$(now)
+        echo "$t1 - $t0" | bc -l >>"$2"
+    done
+    rm -rf "$WORK/pull"
+}
+echo "the same with vessel's client library..." >&2
+lib_push_times dist "$WORK/l-dist-push"
+lib_push_times vessel "$WORK/l-vessel-push"
+lib_pull_times "$DIST_PORT" "$WORK/l-dist-pull"
+lib_pull_times "$VESSEL_PORT" "$WORK/l-vessel-pull"
+ldist_push=$(median <"$WORK/l-dist-push")
+lvessel_push=$(median <"$WORK/l-vessel-push")
+ldist_pull=$(median <"$WORK/l-dist-pull")
+lvessel_pull=$(median <"$WORK/l-vessel-pull")
 dist_push=$(median <"$WORK/t-dist-push")
 vessel_push=$(median <"$WORK/t-vessel-push")
 dist_pull=$(median <"$WORK/t-dist-pull")
@@ -239,6 +274,9 @@ raw limit (sha256 + write)        fsync: $(printf '%.3f' "$raw_sync") s    no fs
                               distribution      vessel    vessel/dist   vessel/raw   dist/raw  (raw = fsync / no fsync)
 cold push (s)                 $(printf '%12.3f %11.3f %14s %7s/%-5s %5s/%-5s' "$dist_push" "$vessel_push" "$(ratio "$vessel_push" "$dist_push")" "$(ratio "$vessel_push" "$raw_sync")" "$(ratio "$vessel_push" "$raw_nosync")" "$(ratio "$dist_push" "$raw_sync")" "$(ratio "$dist_push" "$raw_nosync")")
 cold pull (s)                 $(printf '%12.3f %11.3f %14s %7s/%-5s %5s/%-5s' "$dist_pull" "$vessel_pull" "$(ratio "$vessel_pull" "$dist_pull")" "$(ratio "$vessel_pull" "$raw_sync")" "$(ratio "$vessel_pull" "$raw_nosync")" "$(ratio "$dist_pull" "$raw_sync")" "$(ratio "$dist_pull" "$raw_nosync")")
+  client library instead of skopeo:
+cold push, library (s)        $(printf '%12.3f %11.3f %14s %7s/%-5s %5s/%-5s' "$ldist_push" "$lvessel_push" "$(ratio "$lvessel_push" "$ldist_push")" "$(ratio "$lvessel_push" "$raw_sync")" "$(ratio "$lvessel_push" "$raw_nosync")" "$(ratio "$ldist_push" "$raw_sync")" "$(ratio "$ldist_push" "$raw_nosync")")
+cold pull, library (s)        $(printf '%12.3f %11.3f %14s %7s/%-5s %5s/%-5s' "$ldist_pull" "$lvessel_pull" "$(ratio "$lvessel_pull" "$ldist_pull")" "$(ratio "$lvessel_pull" "$raw_sync")" "$(ratio "$lvessel_pull" "$raw_nosync")" "$(ratio "$ldist_pull" "$raw_sync")" "$(ratio "$ldist_pull" "$raw_nosync")")
 blob GET 1 MiB (req/s)        $(printf '%12.0f %11.0f %14s' "$dist_blob" "$vessel_blob" "$(ratio "$vessel_blob" "$dist_blob")")
 manifest GET (req/s)          $(printf '%12.0f %11.0f %14s' "$dist_man" "$vessel_man" "$(ratio "$vessel_man" "$dist_man")")
 EOF

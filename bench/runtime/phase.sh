@@ -28,11 +28,14 @@ fail() {
 # The last line of a runtime's stderr that is not a warning.
 last_error() { grep -v -e '^\s*$' -e 'level=warn' -e '^WARN' "$1" 2>/dev/null | tail -n1; }
 
-# Runs a runtime command; on failure records its stderr.
+# Runs a runtime command; on failure records its stderr. The stderr goes to a
+# file, never to a pipe: the container process of `create` inherits it and
+# keeps it open until it runs, so reading a pipe to its end would hang.
 must() {
-    local err
-    if ! err=$("$@" 2>&1 >/dev/null); then
-        fail "$(basename "$1") ${*:4}: $(grep -v -e '^\s*$' -e 'level=warn' <<<"$err" | tail -n1)"
+    local err=/dev/null
+    [[ -z ${PHASE_ERRORS-} ]] || err=$PHASE_ERRORS.cmd
+    if ! "$@" >/dev/null 2>"$err"; then
+        fail "$(basename "$1") ${*:4}: $(last_error "$err")"
     fi
 }
 

@@ -453,7 +453,7 @@ smoke() { # SETUP LABEL
     local rt=${rt_path[$2]} root=$work/state/$2 id=$prefix-smoke out err
     err=$work/smoke.err
     if ! out=$("$rt" --root "$root" run --bundle "$work/bundle-smoke" "$id" </dev/null 2>"$err"); then
-        smoke_fail[$1|$2]="run failed: $(grep -v '^$' "$err" | tail -n1)"
+        smoke_fail[$1|$2]="run failed: $(grep -v -e '^\s*$' -e 'level=warn' "$err" | tail -n1)"
         "$rt" --root "$root" delete --force "$id" >/dev/null 2>&1 || true
         return 1
     fi

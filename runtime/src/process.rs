@@ -142,25 +142,40 @@ pub(crate) fn setup_identity(user: &User, capabilities: Option<&LinuxCapabilitie
             caps::set(None, which, caps)
                 .map_err(|e| Error::Container(format!("set {which:?} capabilities: {e}")))
         };
-        let effective = to_caps(c.effective().as_ref());
-        let permitted = to_caps(c.permitted().as_ref());
-        let inheritable = to_caps(c.inheritable().as_ref());
-        let ambient = to_caps(c.ambient().as_ref());
-        // Effective must stay within permitted at every step.
-        set(
-            CapSet::Effective,
-            &effective
-                .intersection(&caps::read(None, CapSet::Permitted).unwrap_or_default())
-                .copied()
-                .collect(),
-        )?;
-        set(
-            CapSet::Permitted,
-            &permitted.union(&effective).copied().collect(),
-        )?;
+        // A capability the runtime itself lacks cannot be granted (this
+        // happens on hosts whose root is missing some, e.g. CAP_SYS_RESOURCE
+        // in some sandboxes): keep the rest and say which were dropped.
+        let held = caps::read(None, CapSet::Permitted)
+            .map_err(|e| Error::Container(format!("read permitted capabilities: {e}")))?;
+        let keep = |set: caps::CapsHashSet| -> caps::CapsHashSet {
+            set.intersection(&held).copied().collect()
+        };
+        let requested: caps::CapsHashSet =
+            [c.effective(), c.permitted(), c.inheritable(), c.ambient()]
+                .into_iter()
+                .flat_map(|s| to_caps(s.as_ref()))
+                .collect();
+        let mut missing: Vec<String> = requested
+            .difference(&held)
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            missing.sort();
+            tracing::warn!(capabilities = %missing.join(","), "the runtime does not hold these capabilities; the container will not get them");
+        }
+        let effective = keep(to_caps(c.effective().as_ref()));
+        let permitted: caps::CapsHashSet = keep(to_caps(c.permitted().as_ref()))
+            .union(&effective)
+            .copied()
+            .collect();
+        let inheritable = keep(to_caps(c.inheritable().as_ref()));
+        let ambient = keep(to_caps(c.ambient().as_ref()));
+        // Inheritable first, while CAP_SETPCAP is still effective; then
+        // effective (within the current permitted set), then permitted
+        // (a superset of effective).
+        set(CapSet::Inheritable, &inheritable)?;
         set(CapSet::Effective, &effective)?;
         set(CapSet::Permitted, &permitted)?;
-        set(CapSet::Inheritable, &inheritable)?;
         caps::clear(None, CapSet::Ambient)
             .map_err(|e| Error::Container(format!("clear ambient capabilities: {e}")))?;
         for cap in ambient {

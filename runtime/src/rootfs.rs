@@ -622,51 +622,108 @@ fn split_parent(path: &Path) -> Result<(&Path, &OsStr)> {
 }
 
 /// Open `path` inside `root` as a directory, creating missing components.
-/// With `no_symlinks`, the path must not go through any symlink at all (for
-/// /proc and /sys, which must be real directories).
+///
+/// The walk resolves the path the way `RESOLVE_IN_ROOT` would, but creates
+/// what is missing on the way: `..` stops at the root, a symlink's target is
+/// followed (an absolute one from the root), and directories named through
+/// a dangling symlink are created where the symlink points, inside the root.
+/// Each step opens the next component relative to the previous descriptor
+/// with `O_NOFOLLOW`, so a concurrent swap cannot redirect it. With
+/// `no_symlinks`, any symlink on the way is an error (for /proc and /sys,
+/// which must be real directories).
 pub(crate) fn ensure_dir(root: BorrowedFd<'_>, path: &Path, no_symlinks: bool) -> Result<OwnedFd> {
-    let mut cur = nix::fcntl::openat(
-        root,
-        ".",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .sys(|| "open root".into())?;
-    let mut walked = PathBuf::from("/");
-    for comp in path.components() {
-        let Component::Normal(name) = comp else {
-            if comp == Component::ParentDir {
-                return Err(Error::Config(format!(
-                    "path {} must not contain '..'",
-                    path.display()
-                )));
-            }
-            continue;
-        };
-        walked.push(name);
-        if no_symlinks {
-            if let Ok(st) =
-                nix::sys::stat::fstatat(cur.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-            {
-                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK {
-                    return Err(Error::Config(format!(
-                        "mount destination {} is a symlink, refusing to follow it",
-                        walked.display()
-                    )));
-                }
-            }
-        }
-        match nix::sys::stat::mkdirat(cur.as_fd(), name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(Error::sys(format!("mkdir {}", walked.display()), e)),
-        }
-        cur = sys::open_in_root(
+    const MAX_LINKS: usize = 40;
+    let reopen = |stack: &[std::ffi::OsString]| -> Result<OwnedFd> {
+        let rel: PathBuf = stack.iter().collect();
+        sys::open_in_root(
             root,
-            &walked,
+            &rel,
             OFlag::O_PATH | OFlag::O_DIRECTORY,
             Mode::empty(),
         )
-        .sys(|| format!("open {} inside the root", walked.display()))?;
+        .sys(|| format!("open /{} inside the root", rel.display()))
+    };
+    let mut stack: Vec<std::ffi::OsString> = Vec::new();
+    let mut cur = reopen(&stack)?;
+    let mut todo: std::collections::VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        if name == ".." {
+            stack.pop();
+            cur = reopen(&stack)?;
+            continue;
+        }
+        let shown = || {
+            let p: PathBuf = stack.iter().chain(std::iter::once(&name)).collect();
+            format!("/{}", p.display())
+        };
+        let st = match nix::sys::stat::fstatat(
+            cur.as_fd(),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Some(st),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(Error::sys(format!("stat {}", shown()), e)),
+        };
+        let kind = st.map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
+        match kind {
+            None => match nix::sys::stat::mkdirat(
+                cur.as_fd(),
+                name.as_os_str(),
+                Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(Error::sys(format!("mkdir {}", shown()), e)),
+            },
+            Some(SFlag::S_IFLNK) => {
+                if no_symlinks {
+                    return Err(Error::Config(format!(
+                        "mount destination {} is a symlink, refusing to follow it",
+                        shown()
+                    )));
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(Error::sys(
+                        format!("resolve {}", path.display()),
+                        Errno::ELOOP,
+                    ));
+                }
+                let target = nix::fcntl::readlinkat(cur.as_fd(), name.as_os_str())
+                    .sys(|| format!("readlink {}", shown()))?;
+                let target = PathBuf::from(target);
+                if target.is_absolute() {
+                    stack.clear();
+                    cur = reopen(&stack)?;
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push_front(n.to_os_string()),
+                        Component::ParentDir => todo.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            Some(_) => {}
+        }
+        let next = nix::fcntl::openat(
+            cur.as_fd(),
+            name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .sys(|| format!("open {} inside the root", shown()))?;
+        stack.push(name);
+        cur = next;
     }
     Ok(cur)
 }

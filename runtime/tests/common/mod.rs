@@ -29,6 +29,7 @@ pub struct Env {
     pub tmp: TempRoot,
     pub root: PathBuf,
     ids: std::cell::RefCell<Vec<String>>,
+    bin: PathBuf,
 }
 
 /// The binary under test.
@@ -44,7 +45,23 @@ impl Env {
             tmp,
             root,
             ids: std::cell::RefCell::new(Vec::new()),
+            bin: binary(),
         }
+    }
+
+    /// Like `new`, but drive a private copy of the runtime binary (for tests
+    /// that check the binary cannot be modified from a container).
+    pub fn with_copied_binary(name: &str) -> Env {
+        let mut env = Env::new(name);
+        let copy = env.tmp.join("vessel-runtime-copy");
+        std::fs::copy(binary(), &copy).unwrap();
+        env.bin = copy;
+        env
+    }
+
+    /// The binary this environment drives.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// A new unique container ID, remembered for cleanup.
@@ -56,7 +73,7 @@ impl Env {
 
     /// `vessel-runtime --root <root> <args>`.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(binary());
+        let mut c = Command::new(&self.bin);
         c.arg("--root").arg(&self.root);
         c
     }

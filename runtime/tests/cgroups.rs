@@ -66,9 +66,9 @@ fn limits_land_in_the_controllers_and_are_removed_with_the_container() {
     let (major, minor) = block_device();
     b.config["linux"]["resources"] = json!({
         "memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 128 << 20},
-        "cpu": {"shares": 256, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
+        "cpu": {"shares": 256, "quota": 50_000, "period": 100_000, "cpus": "0", "mems": "0"},
         "pids": {"limit": 42},
-        "blockIO": {"throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}]},
+        "blockIO": {"throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1_048_576}]},
         "devices": [{"allow": false, "access": "rwm"}]
     });
     let id = env.start(&b, "cg");
@@ -128,7 +128,7 @@ fn hybrid_hosts_get_hugetlb_on_the_cgroup2_side() {
     let env = Env::new("rt-hugetlb");
     let mut b = env.bundle(&["sleep", "1000"]);
     b.config["linux"]["resources"] =
-        json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]});
+        json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4_194_304}]});
     let id = env.start(&b, "huge");
     let pid = env.state(&id)["pid"].as_i64().unwrap();
     let v2path = cgroup_of(pid, "");

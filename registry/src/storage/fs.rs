@@ -357,6 +357,70 @@ fn collect_repos(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// A read-only shared mapping of a whole blob file, unmapped on drop.
+///
+/// Blob files are immutable once renamed into place: the store never
+/// truncates or rewrites them, it only unlinks them (which keeps a mapping
+/// valid), so reads through the mapping cannot fault.
+struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and never written through; the memory
+// stays valid until `Drop`, whichever thread runs it.
+unsafe impl Send for Mapping {}
+// SAFETY: shared access is read-only.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn of(f: &File, len: u64) -> std::io::Result<Mapping> {
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Err(std::io::Error::other("empty file"));
+        }
+        // SAFETY: a fresh mapping (addr NULL) of `len` bytes of a file we
+        // hold open for reading; the result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(f),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: advice on the range just mapped; failure is harmless.
+        unsafe {
+            libc::madvise(ptr, len, libc::MADV_SEQUENTIAL);
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
+        Ok(Mapping { ptr, len })
+    }
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` points at `len` readable bytes for the mapping's
+        // lifetime (see the type's invariant).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region `of` mapped, once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
 /// Stream a file (or a range of it) from a blocking reader thread.
 fn stream_file(mut f: File, path: PathBuf, start: u64, len: u64) -> ByteStream {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
@@ -414,39 +478,39 @@ impl StorageDriver for FsDriver {
     }
 
     async fn read_blob(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobReader> {
-        let p = self.blob_path(digest);
-        let d = digest.clone();
+        let path = self.blob_path(digest);
+        let digest = digest.clone();
         blocking(move || {
-            let mut f = match File::open(&p) {
+            let mut f = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::BlobUnknown(d));
+                    return Err(Error::BlobUnknown(digest));
                 }
-                Err(e) => return Err(io_err("open", &p)(e)),
+                Err(e) => return Err(io_err("open", &path)(e)),
             };
-            let size = f.metadata().map_err(io_err("stat", &p))?.len();
-            let r = range.unwrap_or(0..size);
-            if r.start > r.end || r.end > size {
+            let size = f.metadata().map_err(io_err("stat", &path))?.len();
+            let want = range.unwrap_or(0..size);
+            if want.start > want.end || want.end > size {
                 return Err(Error::RangeNotSatisfiable {
-                    digest: d,
-                    start: r.start,
-                    end: r.end,
+                    digest,
+                    start: want.start,
+                    end: want.end,
                     size,
                 });
             }
-            let len = r.end - r.start;
+            let len = want.end - want.start;
             if len <= WHOLE_READ_LIMIT {
                 let mut buf = Vec::with_capacity(len as usize);
-                f.seek(SeekFrom::Start(r.start))
-                    .map_err(io_err("seek", &p))?;
-                let n = (&mut f)
+                f.seek(SeekFrom::Start(want.start))
+                    .map_err(io_err("seek", &path))?;
+                let got = (&mut f)
                     .take(len)
                     .read_to_end(&mut buf)
-                    .map_err(io_err("read", &p))?;
-                if n as u64 != len {
+                    .map_err(io_err("read", &path))?;
+                if got as u64 != len {
                     return Err(Error::Corrupt {
-                        path: p.display().to_string(),
-                        what: format!("{n} bytes where {len} were expected"),
+                        path: path.display().to_string(),
+                        what: format!("{got} bytes where {len} were expected"),
                     });
                 }
                 let data = Bytes::from(buf);
@@ -455,10 +519,30 @@ impl StorageDriver for FsDriver {
                     stream: Box::pin(futures_util::stream::iter([Ok(data)])),
                 });
             }
-            Ok(BlobReader {
-                size,
-                stream: stream_file(f, p, r.start, len),
-            })
+            // Large blobs are served from a read-only mapping: the bytes go
+            // from the page cache to the socket with one copy, no reader
+            // thread. Fall back to reading if mapping fails.
+            match Mapping::of(&f, size) {
+                Ok(m) => {
+                    let all = Bytes::from_owner(m);
+                    let (start, end) = (want.start as usize, want.end as usize);
+                    let chunks: Vec<std::io::Result<Bytes>> = (start..end)
+                        .step_by(STREAM_CHUNK)
+                        .map(|a| Ok(all.slice(a..(a + STREAM_CHUNK).min(end))))
+                        .collect();
+                    Ok(BlobReader {
+                        size,
+                        stream: Box::pin(futures_util::stream::iter(chunks)),
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "mmap failed; streaming with read");
+                    Ok(BlobReader {
+                        size,
+                        stream: stream_file(f, path, want.start, len),
+                    })
+                }
+            }
         })
         .await
     }

@@ -367,6 +367,14 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
             });
         }
     }
+    // Take the pidfd first: opening the fifo releases the init, which may
+    // exit and be reaped by its parent before we could refer to it.
+    let pidfd = sys::pidfd_open(state.pid).map_err(|e| match e {
+        nix::errno::Errno::ESRCH => {
+            Error::Container(format!("container {id}: init exited before it was started"))
+        }
+        e => Error::sys(format!("pidfd for {}", state.pid), e),
+    })?;
     let fifo_path = root.container_dir(id).join(EXEC_FIFO);
     let fifo = nix::fcntl::open(
         &fifo_path,
@@ -374,7 +382,6 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         Mode::empty(),
     )
     .sys(|| format!("open {}", fifo_path.display()))?;
-    let pidfd = sys::pidfd_open(state.pid).sys(|| format!("pidfd for {}", state.pid))?;
     // Wait until the init has written its byte, or has died.
     loop {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};

@@ -14,14 +14,26 @@ use std::time::{Duration, Instant};
 
 use vessel_testkit::TempRoot;
 
-/// Remove the parent cgroups an engine created, if they are empty now.
+/// Remove the parent cgroups an engine created (and their empty children,
+/// such as podman's conmon cgroup), where no process uses them any more.
 fn remove_empty_cgroup_parent(name: &str) {
+    fn rmdir_tree(dir: &Path) {
+        for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if sub.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&sub.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
     for controller in std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
     {
-        let _ = std::fs::remove_dir(controller.path().join(name));
+        let dir = controller.path().join(name);
+        if dir.is_dir() {
+            rmdir_tree(&dir);
+        }
     }
 }
 
@@ -104,7 +116,34 @@ impl Drop for Podman {
             .args(["rm", "--all", "--force", "--time", "0"])
             .output();
         let _ = self.cmd().args(["system", "reset", "--force"]).output();
+        // conmon runs podman's cleanup after a container exits, on its own
+        // time: wait for every process working on our root to finish.
+        wait_for_processes(self.tmp.path());
         remove_empty_cgroup_parent("libpod_parent");
+    }
+}
+
+/// Wait (up to 30 s each) until no process mentions `dir` on its command
+/// line.
+fn wait_for_processes(dir: &Path) {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let me = std::process::id();
+    for pid in vessel_testkit::processes_matching(dir.to_str().unwrap()) {
+        if pid == me {
+            continue;
+        }
+        // SAFETY: pidfd_open returns a new descriptor we own, or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: the kernel just returned this descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(30_000u16));
     }
 }
 

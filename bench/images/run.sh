@@ -92,21 +92,26 @@ reset_raw() { rm -rf "$work/raw" "$work/x"; mkdir -p "$work/x"; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-declare -A med
-for name in raw vessel podman skopeo; do
-    times=()
-    for _ in $(seq "$runs"); do
+# Round robin: each round runs every contender once, so load from other
+# processes on the machine spreads over all of them alike.
+declare -A med all
+for _ in $(seq "$runs"); do
+    for name in raw vessel podman skopeo; do
         "reset_$name"
         sync
         start=$(t_now)
         "run_$name" || { echo "bench/images: $name failed" >&2; exit 1; }
         end=$(t_now)
-        times+=("$(echo "$end - $start" | bc)")
+        all[$name]="${all[$name]:-} $(echo "$end - $start" | bc)"
+        "reset_$name"
     done
-    "reset_$name"
-    med[$name]=$(printf '%s\n' "${times[@]}" | median)
-    echo "$name: runs ${times[*]}" >&2
 done
+for name in raw vessel podman skopeo; do
+    # shellcheck disable=SC2086
+    med[$name]=$(printf '%s\n' ${all[$name]} | median)
+    echo "$name: runs${all[$name]}" >&2
+done
+
 
 printf '%-28s %10s %10s\n' "contender" "median s" "x raw"
 for name in raw vessel podman skopeo; do

@@ -298,6 +298,7 @@ restore_hugetlb() {
 
 cleaned=0
 snapshot_taken=0
+declare -A new_parents=() cg_where=()
 cleanup() {
     local label rt id dir pid i
     ((cleaned)) && return
@@ -336,13 +337,13 @@ cleanup() {
     fi
     restore_hugetlb
     if ((snapshot_taken)); then
-        # Empty top-level cgroups that appeared during the run (a runtime's
-        # parent cgroup, such as vessel-runtime's /vessel), and hugetlb in the
+        # Parent cgroups that a runtime under test created during the run
+        # (found by probe_cgroups), if they are empty now; and hugetlb in the
         # cgroup2 root's subtree_control if a runtime enabled it there.
-        while read -r dir; do
-            [[ -n $dir && $dir != "$hugetlb_mnt"/* ]] || continue
-            rmdir "$dir" 2>/dev/null && log "cgroups: removed $dir, left by a runtime"
-        done < <(comm -13 <(printf '%s\n' "$top_before") <(top_cgroups))
+        for dir in "${!new_parents[@]}"; do
+            [[ -d $dir && $dir != "$hugetlb_mnt"/* ]] || continue
+            rmdir "$dir" 2>/dev/null && log "cgroups: removed $dir, made by a runtime under test"
+        done
         if [[ $subtree_before != *hugetlb* && $(cat "$unified/cgroup.subtree_control" 2>/dev/null) == *hugetlb* &&
             -z $(find "$unified" -mindepth 1 -maxdepth 1 -type d) ]]; then
             echo -hugetlb >"$unified/cgroup.subtree_control" &&
@@ -463,6 +464,27 @@ smoke() { # SETUP LABEL
     fi
 }
 
+# Finds where LABEL puts a container's cgroups (for the report) and which
+# top-level parent cgroups it creates (for the cleanup): creates a container,
+# looks for cgroups named after it, deletes it. The runtime's output goes to
+# a file: the created container's process keeps it open until it is deleted.
+probe_cgroups() { # SETUP LABEL
+    local rt=${rt_path[$2]} root=$work/state/$2 id=$prefix-probe dir top where=()
+    "$rt" --root "$root" create --bundle "$work/bundle-netns" "$id" </dev/null >"$work/probe.out" 2>&1 || return 0
+    while read -r dir; do
+        where+=("${dir#"$cgroot"/}")
+        top=$(cut -d/ -f1-6 <<<"$dir")
+        if [[ $top != "$dir" && $'\n'$top_before$'\n' != *$'\n'$top$'\n'* ]]; then
+            new_parents[$top]=1
+        fi
+    done < <(find "$cgroot" -mindepth 2 -maxdepth 8 -type d -name "$id" 2>/dev/null)
+    "$rt" --root "$root" delete --force "$id" >/dev/null 2>&1 || true
+    # "cpu/x/ID memory/y/ID" becomes "/x/<id> (cpu), /y/<id> (memory)".
+    cg_where[$1|$2]=$(printf '%s\n' ${where[@]+"${where[@]}"} | sed "s|/$id\$|/<id>|" | sort |
+        awk -F/ '{ c = $1; sub(/^[^\/]*/, ""); l[$0] = l[$0] (l[$0] == "" ? "" : ",") c }
+                 END { for (p in l) printf "%s%s (%s)", (n++ ? ", " : ""), p, l[p] }')
+}
+
 bench() { # SETUP VARIANT SCENARIO LABEL
     local setup=$1 variant=$2 scenario=$3 label=$4
     local rt=${rt_path[$label]} root=$work/state/$label bundle=$work/bundle-$variant
@@ -523,6 +545,7 @@ for setup in "${setups[@]}"; do
             smoke_fail[$setup|$label]=${rt_skip[$label]}
         elif smoke "$setup" "$label"; then
             ok+=("$label")
+            probe_cgroups "$setup" "$label"
         fi
         [[ -z ${smoke_fail[$setup|$label]-} ]] || log "  $label skipped: ${smoke_fail[$setup|$label]}"
     done
@@ -570,6 +593,12 @@ report() {
         printf '  %-16s %s %s\n' "$label" "${rt_path[$label]:-(none)}" "${v:+($v)}"
     done
     printf '  bundle: busybox rootfs, config.json from runc spec with args [/bin/true], terminal false\n'
+    for setup in "${setups[@]}"; do
+        for label in "${labels[@]}"; do
+            [[ -z ${cg_where[$setup|$label]-} ]] ||
+                printf '  cgroups of a %s container under %s: %s\n' "$label" "$setup" "${cg_where[$setup|$label]}"
+        done
+    done
     for setup in "${setups[@]}"; do
         for variant in "${variant_list[@]}"; do
             printf '\n== cgroups: %s\n== namespaces: %s\n' "$(describe_setup "$setup")" \

@@ -265,3 +265,70 @@ async fn retries_redirects_and_resumes_without_leaking_credentials() {
     );
     reg.stop().await;
 }
+
+/// A registry that refuses chunked uploads (400 on PATCH with
+/// Content-Range): the client falls back to one monolithic PUT per blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_falls_back_to_monolithic() {
+    let reg = TestRegistry::start().await;
+    let upstream = reg.addr;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let front = {
+        let refused = refused.clone();
+        serve(move |req: http::Request<Incoming>| {
+            let refused = refused.clone();
+            async move {
+                if req.method() == http::Method::PATCH && req.headers().contains_key(http::header::CONTENT_RANGE) {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    return http::Response::builder()
+                        .status(400)
+                        .header("content-type", "application/json")
+                        .body(full(r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"no chunks here"}]}"#))
+                        .unwrap();
+                }
+                boxed(forward(upstream, req).await)
+            }
+        })
+        .await
+    };
+    let tmp = vessel_testkit::TempRoot::new("client-fallback");
+    let img = TestImage::new(&[1_000_000, 300_000], 501);
+    let src = FsStore::open(tmp.join("src")).unwrap();
+    src.put(&img.config).unwrap();
+    for l in &img.layers {
+        src.put(l).unwrap();
+    }
+    let (m, _) = vessel_registry::oci::Manifest::parse(&img.manifest, img.media_type).unwrap();
+    let push = vessel_registry::client::PushImage::Image {
+        manifest: Bytes::from(img.manifest.clone()),
+        media_type: img.media_type.to_string(),
+        blobs: m.blob_refs().cloned().collect(),
+    };
+    let client = Client::new(
+        ClientConfig {
+            chunk_size: Some(100_000),
+            ..ClientConfig::default()
+        },
+        CredentialStore::new(),
+    )
+    .unwrap();
+    let r = Reference::parse(&format!("{front}/fb/app:v1")).unwrap();
+    client.push(&r, &push, &src, &NoProgress).await.unwrap();
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        2,
+        "one refused chunk per large blob"
+    );
+    let http = Http::new(&reg.url());
+    for l in &img.layers {
+        let d = vessel_registry::Digest::sha256_of(l);
+        assert_eq!(
+            http.get(&format!("/v2/fb/app/blobs/{d}"))
+                .await
+                .body
+                .as_ref(),
+            l.as_slice()
+        );
+    }
+    reg.stop().await;
+}

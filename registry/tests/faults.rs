@@ -503,3 +503,46 @@ async fn gc_cli_dry_run_and_untagged() {
     );
     reg.stop().await;
 }
+
+/// With `gc.interval` set, the server collects on its own: an aged,
+/// unreferenced blob disappears without anyone calling GC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_server_gc_runs_on_its_schedule() {
+    let reg = TestRegistry::start_with(|c| {
+        c.gc.interval = Duration::from_millis(20);
+        c.gc.grace = Duration::from_secs(60);
+    })
+    .await;
+    let http = Http::new(&reg.url());
+    let storage = reg.root.join("storage");
+    let d = http
+        .push_blob("sched/junk", &random_bytes(10_000, 600))
+        .await;
+    let p = storage
+        .join("blobs/sha256")
+        .join(&d.hex()[..2])
+        .join(d.hex());
+    std::fs::File::open(&p)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    // Poll the server's own metrics (bounded) until a run freed the blob.
+    let mut gone = false;
+    for _ in 0..500 {
+        let m = String::from_utf8_lossy(&http.get("/metrics").await.body).into_owned();
+        if m.lines()
+            .any(|l| l.starts_with("vessel_registry_gc_blobs_deleted_total ") && !l.ends_with(" 0"))
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the scheduled GC never deleted the aged blob");
+    assert!(!p.exists());
+    assert_eq!(
+        http.head(&format!("/v2/sched/junk/blobs/{d}")).await.status,
+        404
+    );
+    reg.stop().await;
+}

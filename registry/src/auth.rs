@@ -201,7 +201,15 @@ impl Htpasswd {
         {
             return *ok;
         }
-        let ok = bcrypt::verify(password, hash).unwrap_or(false);
+        // bcrypt takes tens of milliseconds by design: on a multi-threaded
+        // runtime, let other tasks move off this worker meanwhile.
+        let check = || bcrypt::verify(password, hash).unwrap_or(false);
+        let ok = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(check)
+            }
+            _ => check(),
+        };
         let mut cache = self
             .verified
             .lock()

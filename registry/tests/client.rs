@@ -293,7 +293,12 @@ fn start_distribution(tmp: &TempRoot) -> (Proc, String) {
     .unwrap();
     let p = Proc::spawn(
         "docker-registry",
-        Command::new("docker-registry").arg("serve").arg(&cfg),
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
     );
     (p, format!("127.0.0.1:{port}"))
 }

@@ -267,9 +267,7 @@ impl Client {
                 .await
             {
                 Ok(()) => break,
-                Err(e @ (Error::Connect { .. } | Error::Status { .. }))
-                    if attempt < self.cfg.max_retries =>
-                {
+                Err(e) if attempt < self.cfg.max_retries && transient(&e) => {
                     attempt += 1;
                     progress.event(ProgressEvent::Retrying {
                         digest: digest.clone(),
@@ -433,6 +431,15 @@ impl Client {
             upload: false,
         });
         Ok(())
+    }
+}
+
+/// Errors worth another try: the connection, or a server-side status.
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::Connect { .. } => true,
+        Error::Status { status, .. } => *status >= 500 || matches!(*status, 206 | 408 | 429),
+        _ => false,
     }
 }
 

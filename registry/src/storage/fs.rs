@@ -676,7 +676,7 @@ impl StorageDriver for FsDriver {
         let mut st = st.lock().await;
         let idc = id.to_string();
         let p2 = p.clone();
-        let (file, size) = blocking(move || {
+        let opened = blocking(move || {
             let f = match OpenOptions::new().append(true).open(&p2) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -687,7 +687,18 @@ impl StorageDriver for FsDriver {
             let size = f.metadata().map_err(io_err("stat", &p2))?.len();
             Ok((f, size))
         })
-        .await?;
+        .await;
+        let (file, size) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                drop(st);
+                if matches!(e, Error::UploadUnknown(_)) {
+                    // Do not keep state for ids that do not exist.
+                    self.forget_upload(id);
+                }
+                return Err(e);
+            }
+        };
         if offset != size {
             return Err(Error::OffsetMismatch {
                 id: id.to_string(),

@@ -246,21 +246,7 @@ impl Transport {
             return Ok(e.clone());
         }
         let ep = if self.is_insecure(host) {
-            // As Docker does: HTTPS without verification first, then HTTP.
-            let probe = Request::get(format!("https://{host}/v2/"))
-                .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
-                .map_err(|e| Error::InvalidUrl(e.to_string()))?;
-            match tokio::time::timeout(Duration::from_secs(15), self.insecure.request(probe)).await
-            {
-                Ok(Ok(_)) => Endpoint {
-                    scheme: "https",
-                    client: self.insecure.clone(),
-                },
-                _ => Endpoint {
-                    scheme: "http",
-                    client: self.plain.clone(),
-                },
-            }
+            self.probe_insecure(host).await?
         } else {
             let has_own_ca = self
                 .cfg
@@ -282,6 +268,39 @@ impl Transport {
             .expect("endpoint lock is not poisoned")
             .insert(host.to_string(), ep.clone());
         Ok(ep)
+    }
+
+    /// Pick HTTPS (unverified) or HTTP for an insecure registry, as Docker
+    /// does: HTTPS first, then HTTP. Only an answering scheme is settled on;
+    /// a registry that is down now is probed again next time.
+    async fn probe_insecure(&self, host: &str) -> Result<Endpoint> {
+        let probe = |scheme: &str| {
+            Request::get(format!("{scheme}://{host}/v2/"))
+                .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+                .map_err(|e| Error::InvalidUrl(e.to_string()))
+        };
+        let limit = Duration::from_secs(15);
+        if let Ok(Ok(_)) = tokio::time::timeout(limit, self.insecure.request(probe("https")?)).await
+        {
+            return Ok(Endpoint {
+                scheme: "https",
+                client: self.insecure.clone(),
+            });
+        }
+        match tokio::time::timeout(limit, self.plain.request(probe("http")?)).await {
+            Ok(Ok(_)) => Ok(Endpoint {
+                scheme: "http",
+                client: self.plain.clone(),
+            }),
+            Ok(Err(e)) => Err(Error::Connect {
+                url: format!("{host}/v2/"),
+                message: format!("neither https nor http answers: {}", crate::error_chain(&e)),
+            }),
+            Err(_) => Err(Error::Connect {
+                url: format!("{host}/v2/"),
+                message: "neither https nor http answers within 15s".into(),
+            }),
+        }
     }
 
     /// The base URL of a registry (`https://host`).

@@ -160,6 +160,13 @@ async fn interrupted_push_leaves_nothing_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_pushes_keeps_manifests_consistent() {
+    // Kill early, midway and late in the batch.
+    for kill_after in [2, 9, 16] {
+        kill_9_round(kill_after).await;
+    }
+}
+
+async fn kill_9_round(kill_after: usize) {
     let tmp = TempRoot::new("fault-kill");
     let storage = tmp.join("storage");
     let port = free_port();
@@ -219,7 +226,7 @@ async fn kill_9_during_pushes_keeps_manifests_consistent() {
         }));
     }
     // Kill as soon as some pushes finished and others are in flight.
-    while done.load(Ordering::SeqCst) < 5 {
+    while done.load(Ordering::SeqCst) < kill_after {
         notify.notified().await;
     }
     let pid = proc_.pid() as i32;
@@ -233,13 +240,13 @@ async fn kill_9_during_pushes_keeps_manifests_consistent() {
     }
     let completed = completed.lock().unwrap().clone();
     assert!(
-        completed.len() >= 5,
+        completed.len() >= kill_after,
         "only {} pushes completed before the kill",
         completed.len()
     );
 
     // Restart on the same storage and check everything the registry shows.
-    let reg = TestRegistry::start_with(|c| c.storage.root = storage.clone()).await;
+    let reg = TestRegistry::start_with(|c| c.storage.root.clone_from(&storage)).await;
     let http = Http::new(&reg.url());
     let seen = check_consistent(&http).await;
     for (repo, d) in &completed {

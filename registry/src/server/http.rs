@@ -356,11 +356,7 @@ fn base_url(state: &State, headers: &HeaderMap) -> String {
 }
 
 /// What a route needs from the authenticator.
-fn needed_access(
-    method: &Method,
-    r: &Route,
-    params: &[(String, String)],
-) -> Option<Vec<(Access, &'static str)>> {
+fn needed_access(method: &Method, r: &Route) -> Option<Vec<(Access, &'static str)>> {
     let pull = |n: &str| (Access::repository(n, &["pull"]), "pull");
     let push = |n: &str| (Access::repository(n, &["pull", "push"]), "push");
     let delete = |n: &str| (Access::repository(n, &["delete"]), "delete");
@@ -373,11 +369,7 @@ fn needed_access(
             Method::DELETE => vec![delete(n)],
             _ => vec![push(n)],
         },
-        Route::UploadStart(n) => {
-            let _ = params;
-            vec![push(n)]
-        }
-        Route::Upload(n, _) => vec![push(n)],
+        Route::UploadStart(n) | Route::Upload(n, _) => vec![push(n)],
         Route::Token | Route::Metrics | Route::NotFound => return None,
     })
 }
@@ -432,7 +424,7 @@ async fn dispatch(
         Route::NotFound => return (error_response(&not_found(), head_only), user),
         _ => {}
     }
-    if let Some(needed) = needed_access(req.method(), &r, &params) {
+    if let Some(needed) = needed_access(req.method(), &r) {
         let base = base_url(state, req.headers());
         match state.auth.authorize(
             header_str(req.headers(), header::AUTHORIZATION),

@@ -14,8 +14,10 @@
 # include a network namespace) and "nonet" (the same without it).
 #
 # Options:
-#   --runs N            timed runs per benchmark (default 50)
-#   --warmup N          untimed runs before each benchmark (default 5)
+#   --runs N            timed runs per case and runtime (default 50)
+#   --rounds N          split the runs into N rounds that alternate between the
+#                       runtimes (default 5)
+#   --warmup N          untimed runs at the start of every round (default 3)
 #   --parallel N        containers started at once in the parallel case (default 20)
 #   --parallel-runs N   timed runs of the parallel case (default: --runs)
 #   --runtime PATH      a runtime to measure; repeat it to measure several. The
@@ -43,7 +45,8 @@ repo=$(cd "$here/../.." && pwd)
 phase=$here/phase.sh
 
 runs=50
-warmup=5
+warmup=3
+rounds=5
 parallel=20
 parallel_runs=
 variants=netns,nonet
@@ -65,6 +68,7 @@ while (($# > 0)); do
     case $1 in
         --runs) positive "$1" "${2-}"; runs=$2; shift 2 ;;
         --warmup) [[ ${2-} =~ ^[0-9]+$ ]] || die "--warmup needs a number"; warmup=$2; shift 2 ;;
+        --rounds) positive "$1" "${2-}"; rounds=$2; shift 2 ;;
         --parallel) positive "$1" "${2-}"; parallel=$2; shift 2 ;;
         --parallel-runs) positive "$1" "${2-}"; parallel_runs=$2; shift 2 ;;
         --runtime) [[ -n ${2-} ]] || die "--runtime needs a path"; given_runtimes+=("$2"); shift 2 ;;
@@ -78,6 +82,10 @@ while (($# > 0)); do
     esac
 done
 parallel_runs=${parallel_runs:-$runs}
+((rounds <= runs && rounds <= parallel_runs)) || die "--rounds must not exceed --runs or --parallel-runs"
+# Every round gets an equal share of the runs (rounded up).
+round_runs=$(((runs + rounds - 1) / rounds))
+round_parallel_runs=$(((parallel_runs + rounds - 1) / rounds))
 IFS=, read -r -a variant_list <<<"$variants"
 for v in "${variant_list[@]}"; do
     case $v in netns | nonet) ;; *) die "unknown variant \"$v\" (netns, nonet)" ;; esac
@@ -371,7 +379,7 @@ snapshot_taken=1
 # --- results and scratch directories ----------------------------------------
 
 results=${results:-$here/results/$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$results"
+mkdir -p "$results/rounds"
 results=$(cd "$results" && pwd)
 work=$(mktemp -d /tmp/vessel-bench-runtime.XXXXXX)
 for p in "$results" "$work" "$repo"; do
@@ -485,21 +493,23 @@ probe_cgroups() { # SETUP LABEL
                  END { for (p in l) printf "%s%s (%s)", (n++ ? ", " : ""), p, l[p] }')
 }
 
-bench() { # SETUP VARIANT SCENARIO LABEL
-    local setup=$1 variant=$2 scenario=$3 label=$4
+# One round of one case for one runtime: a hyperfine run with its own JSON
+# export and log in rounds/. Returns non-zero (and records why) on failure.
+bench_round() { # SETUP VARIANT SCENARIO LABEL ROUND
+    local setup=$1 variant=$2 scenario=$3 label=$4 round=$5
     local rt=${rt_path[$label]} root=$work/state/$label bundle=$work/bundle-$variant
-    local key="$setup|$variant|$scenario|$label" name="$setup.$variant.$scenario.$label"
-    local id=$prefix-$scenario
-    local common=(--warmup "$warmup" --runs "$runs" --style basic --export-json "$results/$name.json")
-    local cmd=()
+    local key="$setup|$variant|$scenario|$label" name="rounds/$setup.$variant.$scenario.$label.r$round"
+    local id=$prefix-$scenario n=$round_runs
+    [[ $scenario != parallel ]] || n=$round_parallel_runs
+    local cmd=(--warmup "$warmup" --runs "$n" --style basic --export-json "$results/$name.json")
     case $scenario in
         run)
             # Through sh so that $$ gives every run its own ID; hyperfine
             # subtracts the time sh itself takes.
-            cmd=("${common[@]}" "$rt --root $root run --bundle $bundle $prefix-run-\$\$")
+            cmd+=("$rt --root $root run --bundle $bundle $prefix-run-\$\$")
             ;;
         create | start | delete)
-            cmd=(-N "${common[@]}"
+            cmd=(-N "${cmd[@]}"
                 --prepare "bash $phase prep-$scenario $rt $root $bundle $id"
                 --cleanup "bash $phase remove $rt $root $id")
             case $scenario in
@@ -509,29 +519,45 @@ bench() { # SETUP VARIANT SCENARIO LABEL
             esac
             ;;
         parallel)
-            cmd=(-N --warmup "$warmup" --runs "$parallel_runs" --style basic --export-json "$results/$name.json"
-                "bash $phase parallel $rt $root $bundle $prefix-par $parallel")
+            cmd=(-N "${cmd[@]}" "bash $phase parallel $rt $root $bundle $prefix-par $parallel")
             ;;
     esac
     rm -f "$work/phase-errors"*
     if PHASE_ERRORS=$work/phase-errors hyperfine "${cmd[@]}" >"$results/$name.log" 2>&1; then
-        median[$key]=$(jq -r '.results[0].median' "$results/$name.json")
-        log "  $setup/$variant $scenario $label: median $(ms "${median[$key]}")"
-    else
-        if [[ -s $work/phase-errors ]]; then
-            failure[$key]=$(head -n1 "$work/phase-errors")
-        else
-            failure[$key]="hyperfine failed: $(grep -v '^\s*$' "$results/$name.log" | tail -n1 | sed 's/^\s*//; s/\. Use the .*//')"
-        fi
-        cat "$work/phase-errors" >>"$results/$name.log" 2>/dev/null || true
-        rm -f "$results/$name.json"
-        log "  $setup/$variant $scenario $label: ${failure[$key]}"
+        return 0
     fi
+    if [[ -s $work/phase-errors ]]; then
+        failure[$key]=$(head -n1 "$work/phase-errors")
+    else
+        failure[$key]="hyperfine failed: $(grep -v '^\s*$' "$results/$name.log" | tail -n1 | sed 's/^\s*//; s/\. Use the .*//')"
+    fi
+    cat "$work/phase-errors" >>"$results/$name.log" 2>/dev/null || true
+    rm -f "$results/$name.json"
+    log "  $setup/$variant $scenario $label (round $round): ${failure[$key]}"
+    return 1
+}
+
+# Pools the times of every round into SETUP.VARIANT.SCENARIO.LABEL.json (the
+# shape of a hyperfine export: results[0] with command, times and the
+# statistics over all of them) and records the median.
+merge_rounds() { # SETUP VARIANT SCENARIO LABEL
+    local setup=$1 variant=$2 scenario=$3 label=$4
+    local key="$setup|$variant|$scenario|$label" name="$setup.$variant.$scenario.$label"
+    [[ -z ${failure[$key]-} ]] || return 0
+    jq -s '[.[].results[0]] as $r | ($r | map(.times) | add | sort) as $t | ($t | length) as $n
+        | { results: [ { command: $r[0].command, rounds: ($r | length), times: $t,
+              mean: ($t | add / $n), min: $t[0], max: $t[-1],
+              median: (if $n % 2 == 1 then $t[($n - 1) / 2] else ($t[$n / 2 - 1] + $t[$n / 2]) / 2 end),
+              stddev: (($t | add / $n) as $m | ($t | map((. - $m) * (. - $m)) | add / $n) | sqrt) } ] }' \
+        "$results"/rounds/"$name".r*.json >"$results/$name.json"
+    median[$key]=$(jq -r '.results[0].median' "$results/$name.json")
+    log "  $setup/$variant $scenario $label: median $(ms "${median[$key]}")"
 }
 
 ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
 
 scenarios=(run create start delete parallel)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for setup in "${setups[@]}"; do
     if [[ $setup == hugetlb-v1 ]] && ! move_hugetlb; then
         log "cgroup setup $setup not possible: $move_fail"
@@ -551,8 +577,16 @@ for setup in "${setups[@]}"; do
     done
     for variant in "${variant_list[@]}"; do
         for scenario in "${scenarios[@]}"; do
+            # Rounds alternate the runtimes, so that a burst of load from
+            # elsewhere on the machine does not fall on one runtime only.
+            for ((round = 1; round <= rounds; round++)); do
+                for label in ${ok[@]+"${ok[@]}"}; do
+                    [[ -n ${failure[$setup|$variant|$scenario|$label]-} ]] ||
+                        bench_round "$setup" "$variant" "$scenario" "$label" "$round" || true
+                done
+            done
             for label in ${ok[@]+"${ok[@]}"}; do
-                bench "$setup" "$variant" "$scenario" "$label"
+                merge_rounds "$setup" "$variant" "$scenario" "$label"
             done
         done
     done
@@ -586,7 +620,8 @@ describe_setup() {
 
 report() {
     local setup variant scenario label key row v c r
-    printf 'OCI runtime start-up, medians of %s runs (%s warm-up), %s, %s CPUs\n' "$runs" "$warmup" "$(uname -r)" "$(nproc)"
+    printf 'OCI runtime start-up, medians of %s runs in %s rounds (%s warm-up runs each), %s, %s CPUs, load average %s\n' \
+        "$((round_runs * rounds))" "$rounds" "$warmup" "$(uname -r)" "$(nproc)" "$load_before at the start, $(cut -d" " -f1-3 /proc/loadavg) at the end"
     for label in "${labels[@]}"; do
         v=
         [[ -z ${rt_path[$label]} ]] || v=$("${rt_path[$label]}" --version 2>/dev/null | head -n1 || true)

@@ -331,6 +331,24 @@ async fn token_scopes_are_enforced() {
         ClientConfig::default(),
     );
     alice.push(&r, &push, &src, &NoProgress).await.unwrap();
+    // Login (what POST /auth does): good credentials pass, bad ones fail.
+    client_as(
+        Some(("alice", "a-pass")),
+        &reg.host(),
+        ClientConfig::default(),
+    )
+    .login(&reg.host())
+    .await
+    .unwrap();
+    let err = client_as(
+        Some(("alice", "nope")),
+        &reg.host(),
+        ClientConfig::default(),
+    )
+    .login(&reg.host())
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("unauthorized"), "{err}");
     let bob = client_as(
         Some(("bob", "b-pass")),
         &reg.host(),

@@ -358,6 +358,21 @@ async fn token_scopes_are_enforced() {
     bob.pull(&r, &PlatformSpec::host(), &dst, &NoProgress)
         .await
         .unwrap();
+    // Tokens are cached per scope: a push and a pull of a 2-layer image
+    // (a dozen requests) fetch only a few tokens.
+    let metrics = String::from_utf8_lossy(&http.get("/metrics").await.body).into_owned();
+    let count = |route: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("vessel_registry_http_requests_total")
+                    && l.contains(&format!("route=\"{route}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(count("token") <= 8, "{metrics}");
+    assert!(count("blob") + count("blob_upload") >= 12);
     let err = bob
         .put_manifest(
             &r.with_tag("bob"),

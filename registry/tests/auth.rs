@@ -545,6 +545,51 @@ async fn tls_clients_verify_the_certificate() {
                 &url,
             ])
             .env("REGISTRY_AUTH_FILE", tmp.join("auth.json")));
+        // A push and a pull over TLS.
+        let big = TestImage::new(&[3_000_000, 200_000], 74);
+        let layout = tmp.join("layout");
+        big.write_oci_layout(&layout, "v1");
+        run(Command::new("skopeo")
+            .args([
+                "--policy",
+                policy.to_str().unwrap(),
+                "copy",
+                "--dest-cert-dir",
+                certs_d.to_str().unwrap(),
+                &format!("oci:{}:v1", layout.display()),
+                &format!("docker://{host}/tls/big:v1"),
+            ])
+            .env("REGISTRY_AUTH_FILE", tmp.join("auth.json")));
+        let back = tmp.join("back");
+        run(Command::new("skopeo")
+            .args([
+                "--policy",
+                policy.to_str().unwrap(),
+                "copy",
+                "--src-cert-dir",
+                certs_d.to_str().unwrap(),
+                &format!("docker://{host}/tls/big:v1"),
+                &format!("oci:{}:v1", back.display()),
+            ])
+            .env("REGISTRY_AUTH_FILE", tmp.join("auth.json")));
+        for l in &big.layers {
+            let d = vessel_registry::Digest::sha256_of(l);
+            assert_eq!(
+                &std::fs::read(back.join("blobs/sha256").join(d.hex())).unwrap(),
+                l
+            );
+        }
+        let m = String::from_utf8_lossy(
+            &reg.handle
+                .as_ref()
+                .unwrap()
+                .state()
+                .metrics
+                .render()
+                .into_bytes(),
+        )
+        .into_owned();
+        assert!(m.contains("method=\"PATCH\""), "{m}");
     }
     reg.stop().await;
 }

@@ -1,0 +1,4 @@
+//! Device models: the legacy PC devices and the virtio devices.
+
+pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,5 @@
+# escape=`
+
+FROM scratch
+COPY a.txt c:\dir\ `
+  more.txt c:\dest\

@@ -1,0 +1,3 @@
+FROM microsoft/nanoserver
+COPY testfile.txt c:\\
+RUN dir c:\

@@ -1,0 +1,4 @@
+#	  eScApE = `
+# SYNTAX=docker/dockerfile:1
+FROM scratch
+ENV A=x` y

@@ -1,0 +1,4 @@
+# About my dockerfile
+# escape=`
+FROM scratch
+ENV A=x\ y

@@ -1,0 +1,4 @@
+# unknowndirective=value
+# escape=`
+FROM scratch
+ENV A=a\ b

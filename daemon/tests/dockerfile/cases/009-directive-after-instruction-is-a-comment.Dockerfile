@@ -1,0 +1,3 @@
+FROM scratch
+# escape=`
+ENV A=a\ b

@@ -1,0 +1,3 @@
+# direc \
+tive=value
+FROM scratch

@@ -1,0 +1,4 @@
+FROM scratch
+RUN apt-get update && \
+
+    apt-get install -y curl

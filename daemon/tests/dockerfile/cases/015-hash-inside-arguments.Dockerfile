@@ -1,0 +1,2 @@
+FROM scratch
+RUN echo 'we are running some # of cool things'

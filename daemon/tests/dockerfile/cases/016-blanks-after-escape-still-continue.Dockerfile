@@ -1,0 +1,3 @@
+FROM scratch
+RUN echo a \  
+  b

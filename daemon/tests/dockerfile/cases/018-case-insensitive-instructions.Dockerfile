@@ -1,0 +1,3 @@
+from scratch As Base
+Env A=1
+wOrKdIr /app

@@ -1,0 +1,2 @@
+FROM scratch
+RUN printf 'a\tb\n' > /x && echo \$HOME

@@ -1,0 +1,3 @@
+FROM scratch
+RUN ["c:\windows\system32\tasklist.exe"]
+RUN ["c:\\windows\\system32\\tasklist.exe"]

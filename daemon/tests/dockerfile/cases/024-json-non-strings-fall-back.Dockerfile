@@ -1,0 +1,3 @@
+FROM scratch
+CMD ["sleep", 10]
+ENTRYPOINT ["a"] b

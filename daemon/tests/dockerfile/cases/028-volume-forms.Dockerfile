@@ -1,0 +1,5 @@
+FROM scratch
+VOLUME ["/data"]
+VOLUME /var/log /var/db
+ENV D=/srv
+VOLUME $D "/with space"

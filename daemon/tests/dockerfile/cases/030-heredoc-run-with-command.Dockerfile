@@ -1,0 +1,5 @@
+FROM debian
+RUN <<EOT bash
+  set -ex
+  apt-get update
+EOT

@@ -1,0 +1,5 @@
+FROM alpine
+ARG FOO=bar
+COPY <<-"EOT" /script.sh
+  echo "hello ${FOO}"
+EOT

@@ -1,0 +1,6 @@
+FROM alpine
+RUN <<-EOF
+	echo a
+		echo b
+	EOF
+RUN echo after

@@ -1,0 +1,3 @@
+FROM alpine
+COPY <<EMPTY /empty
+EMPTY

@@ -1,0 +1,3 @@
+FROM alpine
+USER <<INVALID
+INVALID

@@ -1,0 +1,5 @@
+FROM alpine
+ENV NAME=world
+COPY <<EOF /greet
+hello $NAME \$NAME 'single $NAME' "double"
+EOF

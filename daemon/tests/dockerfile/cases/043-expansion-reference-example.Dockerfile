@@ -1,0 +1,5 @@
+FROM busybox
+ENV FOO=/bar
+WORKDIR ${FOO}
+ADD . $FOO
+COPY \$FOO /quux

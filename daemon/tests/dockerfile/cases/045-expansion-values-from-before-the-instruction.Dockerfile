@@ -1,0 +1,4 @@
+FROM scratch
+ENV abc=hello
+ENV abc=bye def=$abc
+ENV ghi=$abc

@@ -1,0 +1,5 @@
+FROM scratch
+ENV X=1
+RUN echo $X ${X}
+CMD echo $X
+ENTRYPOINT ["echo", "$X"]

@@ -1,0 +1,4 @@
+# escape=`
+FROM scratch
+ENV P=C:\Program` Files
+COPY `$P $P

@@ -1,0 +1,3 @@
+FROM scratch
+ARG VERSION
+ENV V=${VERSION:?VERSION must be set}

@@ -1,0 +1,4 @@
+ARG VERSION=latest
+FROM busybox:$VERSION
+RUN echo $VERSION
+ENV V=${VERSION:-none}

@@ -1,0 +1,4 @@
+FROM busybox
+USER ${username:-some_user}
+ARG username
+USER $username

@@ -1,0 +1,3 @@
+FROM ubuntu
+RUN echo "Hello World"
+ENV X=${HTTP_PROXY}

@@ -1,0 +1,3 @@
+ARG REGISTRY=docker.io
+ARG IMAGE=$REGISTRY/library/alpine
+FROM $IMAGE

@@ -1,0 +1,5 @@
+FROM busybox
+WORKDIR $PATH
+ARG PATH=/override
+ENV X=$PATH
+RUN true

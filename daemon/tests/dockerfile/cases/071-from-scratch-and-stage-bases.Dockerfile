@@ -1,0 +1,3 @@
+FROM scratch AS base
+FROM base AS dev
+FROM BASE

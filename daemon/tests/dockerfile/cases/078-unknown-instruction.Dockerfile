@@ -1,0 +1,2 @@
+FROM alpine
+FOOBAR x y

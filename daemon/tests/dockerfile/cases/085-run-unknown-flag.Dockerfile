@@ -1,0 +1,2 @@
+FROM alpine
+RUN --foo=bar true

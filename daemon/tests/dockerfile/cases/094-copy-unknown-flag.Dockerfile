@@ -1,0 +1,2 @@
+FROM alpine
+COPY --checksum=abc a /b

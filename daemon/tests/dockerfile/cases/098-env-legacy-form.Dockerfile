@@ -1,0 +1,3 @@
+FROM scratch
+ENV ONE TWO= THREE=world
+ENV MY_VAR my-value

@@ -1,0 +1,3 @@
+FROM scratch
+EXPOSE 80/udp
+EXPOSE 80/tcp 443 8000-8010/TCP

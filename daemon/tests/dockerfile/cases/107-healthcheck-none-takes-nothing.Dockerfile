@@ -1,0 +1,2 @@
+FROM scratch
+HEALTHCHECK --retries=3 NONE

@@ -1,0 +1,2 @@
+FROM app
+FROM alpine AS app

@@ -238,6 +238,14 @@ restore_subtree() {
     return "$failed"
 }
 
+# The commands that enable hugetlb again where move_hugetlb disabled it.
+subtree_hint() {
+    local dir
+    for dir in ${subtree_disabled[@]+"${subtree_disabled[@]}"}; do
+        printf '; echo +hugetlb >%s/cgroup.subtree_control' "$dir"
+    done
+}
+
 hugetlb_cgroups() { awk '$1 == "hugetlb" { print $3 }' /proc/cgroups; }
 
 restore_hugetlb() {
@@ -245,18 +253,25 @@ restore_hugetlb() {
     if ((hugetlb_moved)); then
         # Child cgroups would keep the hierarchy alive after the unmount, and
         # hugetlb with it; remove the empty ones (rmdir refuses the others).
-        while read -r dir; do
-            [[ -n $dir ]] || continue
-            if rmdir "$dir" 2>/dev/null && [[ $(basename "$dir") != "$prefix"* ]]; then
-                log "removed empty cgroup $dir, created while hugetlb was on v1"
+        # Other users' containers that started while hugetlb was on v1 have
+        # cgroups here too: wait for them to go.
+        for ((i = 0; ; i++)); do
+            while read -r dir; do
+                [[ -n $dir ]] || continue
+                if rmdir "$dir" 2>/dev/null && [[ $(basename "$dir") != "$prefix"* ]]; then
+                    log "removed empty cgroup $dir, created while hugetlb was on v1"
+                fi
+            done < <(find "$hugetlb_mnt" -mindepth 1 -depth -type d)
+            left=$(find "$hugetlb_mnt" -mindepth 1 -type d | paste -sd' ')
+            [[ -n $left ]] || break
+            if ((i >= cgroup_wait * 10)); then
+                log "WARNING: not restoring hugetlb: cgroups in use below $hugetlb_mnt: $left"
+                log "WARNING: when they are gone: umount $hugetlb_mnt && rmdir $hugetlb_mnt$(subtree_hint)"
+                return 1
             fi
-        done < <(find "$hugetlb_mnt" -mindepth 1 -depth -type d)
-        left=$(find "$hugetlb_mnt" -mindepth 1 -type d)
-        if [[ -n $left ]]; then
-            log "WARNING: not restoring hugetlb: cgroups in use below $hugetlb_mnt:" "$left"
-            log "WARNING: remove them, then: umount $hugetlb_mnt && rmdir $hugetlb_mnt"
-            return 1
-        fi
+            ((i > 0)) || log "cgroups: waiting up to ${cgroup_wait}s for the processes in $left to exit"
+            sleep 0.1
+        done
         for ((attempt = 1; attempt <= 5; attempt++)); do
             # A removed cgroup lingers until the kernel releases it (the count
             # in /proc/cgroups includes it until then). Unmounting before that
@@ -270,7 +285,7 @@ restore_hugetlb() {
                 sleep 0.1
             done
             if mountpoint -q "$hugetlb_mnt"; then
-                log "WARNING: could not unmount $hugetlb_mnt; run: umount $hugetlb_mnt && rmdir $hugetlb_mnt"
+                log "WARNING: could not unmount $hugetlb_mnt; run: umount $hugetlb_mnt && rmdir $hugetlb_mnt$(subtree_hint)"
                 return 1
             fi
             for ((i = 0; i < 40; i++)); do
@@ -289,7 +304,7 @@ restore_hugetlb() {
         done
         if ((hugetlb_moved)); then
             log "WARNING: hugetlb did not come back to $unified; to restore it:"
-            log "WARNING:   mount -t cgroup -o hugetlb cgroup $hugetlb_mnt; sleep 1; umount $hugetlb_mnt"
+            log "WARNING:   mount -t cgroup -o hugetlb cgroup $hugetlb_mnt; sleep 1; umount $hugetlb_mnt$(subtree_hint)"
             return 1
         fi
     fi

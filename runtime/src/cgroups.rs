@@ -532,6 +532,24 @@ pub fn is_frozen(path: &str) -> bool {
         .is_ok_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
 }
 
+/// How many processes the kernel's OOM killer has killed in the cgroup at
+/// `path` (from memory.oom_control on v1, memory.events on v2).
+pub fn oom_kills(path: &str) -> u64 {
+    let rel = path.trim_start_matches('/');
+    let (file, key) = if layout() == Layout::V2 {
+        (
+            Path::new(CGROUP_ROOT).join(rel).join("memory.events"),
+            "oom_kill",
+        )
+    } else {
+        let Some(base) = v1_mount("memory") else {
+            return 0;
+        };
+        (base.join(rel).join("memory.oom_control"), "oom_kill")
+    };
+    read_kv(&file, key)
+}
+
 /// PIDs in the cgroup at `path`, from the pids (or freezer/memory) controller.
 pub fn pids_of(path: &str) -> Vec<i32> {
     let rel = path.trim_start_matches('/');

@@ -28,7 +28,7 @@ use crate::sync::Msg;
 use crate::{hooks, seccomp, spec, sync, sys};
 
 /// Options of `create` and `run`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct CreateOptions {
     /// Container ID.
     pub id: String,
@@ -38,6 +38,11 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// Unix socket to send the terminal's master side to.
     pub console_socket: Option<PathBuf>,
+    /// An already connected console socket (takes precedence over the path).
+    pub console_fd: Option<OwnedFd>,
+    /// Descriptors that become the container's stdin, stdout and stderr
+    /// (instead of the caller's own).
+    pub stdio: Option<[OwnedFd; 3]>,
     /// Use `MS_MOVE` + `chroot` instead of `pivot_root`.
     pub no_pivot: bool,
     /// Keep the caller's session keyring.
@@ -49,7 +54,7 @@ pub struct CreateOptions {
 }
 
 /// Options of `exec`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ExecOptions {
     /// Container ID.
     pub id: String,
@@ -59,6 +64,10 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     /// Unix socket to send the terminal's master side to.
     pub console_socket: Option<PathBuf>,
+    /// An already connected console socket (takes precedence over the path).
+    pub console_fd: Option<OwnedFd>,
+    /// Descriptors that become the process's stdin, stdout and stderr.
+    pub stdio: Option<[OwnedFd; 3]>,
     /// Pass descriptors 3..3+N through.
     pub preserve_fds: u32,
 }
@@ -117,6 +126,17 @@ fn namespace_plan(spec: &Spec) -> Result<(CloneFlags, Vec<(LinuxNamespaceType, O
     Ok((new, join))
 }
 
+fn dup_fd(fd: &OwnedFd) -> Result<OwnedFd> {
+    fd.try_clone()
+        .map_err(|e| Error::io("duplicate descriptor", "<console or stdio>", e))
+}
+
+fn dup_stdio(stdio: Option<&[OwnedFd; 3]>) -> Result<Option<[OwnedFd; 3]>> {
+    stdio
+        .map(|[a, b, c]| Ok([dup_fd(a)?, dup_fd(b)?, dup_fd(c)?]))
+        .transpose()
+}
+
 fn connect_console(path: &Path) -> Result<OwnedFd> {
     let s = std::os::unix::net::UnixStream::connect(path)
         .map_err(|e| Error::io("connect to console socket", path, e))?;
@@ -173,7 +193,7 @@ pub fn create(root: &Root, o: &CreateOptions) -> Result<ContainerState> {
         .clone()
         .ok_or_else(|| Error::Config("process must be set".into()))?;
     let terminal = process.terminal().unwrap_or(false);
-    if terminal && o.console_socket.is_none() {
+    if terminal && o.console_socket.is_none() && o.console_fd.is_none() {
         return Err(Error::Config(
             "process.terminal is true but no --console-socket was given".into(),
         ));
@@ -209,10 +229,14 @@ pub fn create(root: &Root, o: &CreateOptions) -> Result<ContainerState> {
     let fifo = nix::fcntl::open(&fifo_path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .sys(|| format!("open {}", fifo_path.display()))?;
     let console = if terminal {
-        o.console_socket
-            .as_deref()
-            .map(connect_console)
-            .transpose()?
+        match &o.console_fd {
+            Some(fd) => Some(dup_fd(fd)?),
+            None => o
+                .console_socket
+                .as_deref()
+                .map(connect_console)
+                .transpose()?,
+        }
     } else {
         None
     };
@@ -236,6 +260,7 @@ pub fn create(root: &Root, o: &CreateOptions) -> Result<ContainerState> {
         join,
         new,
         seccomp,
+        stdio: dup_stdio(o.stdio.as_ref())?,
     };
     let stage1 = match sys::fork().sys(|| "fork".into())? {
         sys::Forked::Child => {
@@ -678,14 +703,15 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     }
     let spec = &state.config;
     let terminal = o.process.terminal().unwrap_or(false);
-    let console = match (terminal, &o.console_socket) {
-        (true, Some(p)) => Some(connect_console(p)?),
-        (true, None) => {
+    let console = match (terminal, &o.console_fd, &o.console_socket) {
+        (true, Some(fd), _) => Some(dup_fd(fd)?),
+        (true, None, Some(p)) => Some(connect_console(p)?),
+        (true, None, None) => {
             return Err(Error::Config(
                 "a terminal was requested but no console socket was given".into(),
             ));
         }
-        (false, _) => None,
+        (false, _, _) => None,
     };
     // Join every namespace the container has, except those we already share
     // (setns into one's own user namespace fails).
@@ -728,6 +754,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         join,
         new: CloneFlags::empty(),
         seccomp,
+        stdio: dup_stdio(o.stdio.as_ref())?,
     };
     let stage1 = match sys::fork().sys(|| "fork".into())? {
         sys::Forked::Child => {

@@ -59,6 +59,9 @@ pub(crate) struct ChildConfig<'a> {
     pub new: CloneFlags,
     /// The seccomp filter, compiled by the runtime before forking.
     pub seccomp: Option<seccomp::Program>,
+    /// Descriptors for the process's standard streams; without them it
+    /// inherits the runtime's.
+    pub stdio: Option<[OwnedFd; 3]>,
 }
 
 impl ChildConfig<'_> {
@@ -178,6 +181,14 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
     let process = cfg.process;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     nix::unistd::setsid().sys(|| "setsid".into())?;
+    if let Some(stdio) = &cfg.stdio {
+        for (target, fd) in stdio.iter().enumerate() {
+            // SAFETY: dup2 onto a standard descriptor number; `fd` is open and
+            // owned by the config for the duration of the call.
+            let rc = unsafe { libc::dup2(fd.as_raw_fd(), target as i32) };
+            nix::errno::Errno::result(rc).sys(|| format!("dup2 stdio to fd {target}"))?;
+        }
+    }
 
     let linux = cfg.spec.linux().as_ref();
     let mut hook_state = serde_json::Value::Null;

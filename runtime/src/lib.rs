@@ -24,6 +24,7 @@ pub mod mounts;
 mod process;
 mod rootfs;
 pub mod seccomp;
+pub mod shim;
 pub mod spec;
 pub mod state;
 mod sync;

@@ -412,6 +412,8 @@ fn create_options(a: &CreateArgs, rootless: bool) -> CreateOptions {
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
+        console_fd: None,
+        stdio: None,
         no_pivot: a.no_pivot,
         no_new_keyring: a.no_new_keyring,
         preserve_fds: a.preserve_fds,
@@ -603,6 +605,8 @@ fn exec(root: &Root, a: &ExecArgs) -> Result<u8> {
         process,
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
+        console_fd: None,
+        stdio: None,
         preserve_fds: a.preserve_fds,
     };
     if a.detach {

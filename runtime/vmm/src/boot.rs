@@ -434,6 +434,285 @@ pub fn write_gdt(ram: &GuestRam, entry: EntryPoint) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
+
+    const MIB: u64 = 1 << 20;
+
+    fn put16(b: &mut [u8], at: usize, v: u16) {
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    fn put32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    fn put64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    fn get<T: vm_memory::ByteValued>(ram: &GuestRam, addr: u64) -> T {
+        ram.memory().read_obj(GuestAddress(addr)).unwrap()
+    }
+
+    /// A bzImage as the boot protocol describes it: 4 setup sectors after
+    /// the boot sector, the setup header at 0x1f1, then the payload.
+    fn bzimage(version: u16, initrd_max: u32, cmdline_size: u32, payload: &[u8]) -> Vec<u8> {
+        let mut img = vec![0u8; 5 * 512];
+        img[0x1f1] = 4;
+        put16(&mut img, 0x1fe, 0xaa55);
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        put16(&mut img, 0x206, version);
+        img[0x211] = 0x01; // LOADED_HIGH
+        put32(&mut img, 0x214, 0x10_0000);
+        put32(&mut img, 0x22c, initrd_max);
+        put32(&mut img, 0x230, 0x20_0000);
+        put16(&mut img, 0x236, 0x3); // XLF_KERNEL_64 | XLF_CAN_BE_LOADED_ABOVE_4G
+        put32(&mut img, 0x238, cmdline_size);
+        img.extend_from_slice(payload);
+        img
+    }
+
+    /// An ELF vmlinux with one PT_LOAD at 16 MiB (0x2000 bytes in the file,
+    /// 0x3000 in memory) and, optionally, a PVH entry note.
+    fn vmlinux(pvh_entry: Option<u32>) -> Vec<u8> {
+        let mut img = vec![0u8; 0x1000];
+        img[0..4].copy_from_slice(b"\x7fELF");
+        img[4] = 2; // 64-bit
+        img[5] = 1; // little endian
+        img[6] = 1;
+        put16(&mut img, 16, 2); // ET_EXEC
+        put16(&mut img, 18, 62); // x86-64
+        put32(&mut img, 20, 1);
+        put64(&mut img, 24, 0x100_0000); // e_entry
+        put64(&mut img, 32, 64); // e_phoff
+        put16(&mut img, 52, 64);
+        put16(&mut img, 54, 56);
+        put16(&mut img, 56, if pvh_entry.is_some() { 2 } else { 1 });
+        // PT_LOAD
+        let ph = 64;
+        put32(&mut img, ph, 1);
+        put32(&mut img, ph + 4, 5);
+        put64(&mut img, ph + 8, 0x1000);
+        put64(&mut img, ph + 16, 0xffff_ffff_8100_0000);
+        put64(&mut img, ph + 24, 0x100_0000);
+        put64(&mut img, ph + 32, 0x2000);
+        put64(&mut img, ph + 40, 0x3000);
+        put64(&mut img, ph + 48, 0x1000);
+        if let Some(entry) = pvh_entry {
+            // PT_NOTE with the Xen PHYS32_ENTRY note at 0x200.
+            let ph = 64 + 56;
+            put32(&mut img, ph, 4);
+            put64(&mut img, ph + 8, 0x200);
+            put64(&mut img, ph + 32, 16);
+            put64(&mut img, ph + 40, 16);
+            put32(&mut img, 0x200, 4);
+            put32(&mut img, 0x204, 4);
+            put32(&mut img, 0x208, 18);
+            img[0x20c..0x210].copy_from_slice(b"Xen\0");
+            put32(&mut img, 0x210, entry);
+        }
+        img.extend((0..0x2000u32).map(|i| (i % 253) as u8));
+        img
+    }
+
+    fn write_file(dir: &vessel_testkit::TempRoot, name: &str, data: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::File::create(&p).unwrap().write_all(data).unwrap();
+        p
+    }
+
+    #[test]
+    fn bzimage_zero_page_e820_cmdline_and_initrd_follow_the_boot_protocol() {
+        let dir = vessel_testkit::TempRoot::new("vmm-boot");
+        let payload: Vec<u8> = (0..0x4000u32).map(|i| (i % 241) as u8).collect();
+        let kernel = write_file(
+            &dir,
+            "bzImage",
+            &bzimage(0x020f, 0x7fff_ffff, 2047, &payload),
+        );
+        let initrd_data: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let initrd = write_file(&dir, "initrd", &initrd_data);
+        let ram = GuestRam::new(64 * MIB).unwrap();
+        let cmdline = "console=ttyS0 reboot=k panic=-1";
+        let boot = load_linux(&ram, &kernel, Some(&initrd), cmdline, true).unwrap();
+
+        // Entered at the 64-bit entry, 0x200 into the protected-mode kernel.
+        assert_eq!(boot.entry, EntryPoint::Linux64 { rip: 0x10_0200 });
+        let mut loaded = vec![0u8; payload.len()];
+        ram.memory()
+            .read_slice(&mut loaded, GuestAddress(layout::HIMEM_START))
+            .unwrap();
+        assert_eq!(loaded, payload);
+        assert_eq!(boot.kernel_end, layout::HIMEM_START + payload.len() as u64);
+
+        // The initramfs sits page-aligned at the top of RAM.
+        let (addr, size) = boot.initrd.unwrap();
+        assert_eq!(size, initrd_data.len() as u64);
+        assert_eq!(addr % 4096, 0);
+        assert_eq!(addr, (64 * MIB - size) & !0xfff);
+        let mut got = vec![0u8; initrd_data.len()];
+        ram.memory()
+            .read_slice(&mut got, GuestAddress(addr))
+            .unwrap();
+        assert_eq!(got, initrd_data);
+
+        // Zero page fields at their boot protocol offsets.
+        let zp = layout::ZERO_PAGE_ADDR;
+        assert_eq!(get::<u16>(&ram, zp + 0x1fe), 0xaa55, "boot_flag");
+        assert_eq!(get::<u32>(&ram, zp + 0x202), 0x5372_6448, "HdrS");
+        assert_eq!(
+            get::<u16>(&ram, zp + 0x206),
+            0x020f,
+            "version kept from the image"
+        );
+        assert_eq!(get::<u8>(&ram, zp + 0x210), 0xff, "type_of_loader");
+        assert_eq!(get::<u8>(&ram, zp + 0x211) & 1, 1, "loadflags kept");
+        assert_eq!(get::<u32>(&ram, zp + 0x218), addr as u32, "ramdisk_image");
+        assert_eq!(get::<u32>(&ram, zp + 0x21c), size as u32, "ramdisk_size");
+        assert_eq!(
+            get::<u32>(&ram, zp + 0x228),
+            layout::CMDLINE_ADDR as u32,
+            "cmd_line_ptr"
+        );
+        assert_eq!(get::<u8>(&ram, zp + 0x1e8), 2, "e820_entries");
+        let e820 = |i: u64| {
+            let at = zp + 0x2d0 + 20 * i;
+            (
+                get::<u64>(&ram, at),
+                get::<u64>(&ram, at + 8),
+                get::<u32>(&ram, at + 16),
+            )
+        };
+        assert_eq!(e820(0), (0, layout::EBDA_START, E820_RAM));
+        assert_eq!(
+            e820(1),
+            (
+                layout::HIMEM_START,
+                64 * MIB - layout::HIMEM_START,
+                E820_RAM
+            )
+        );
+
+        // The command line, NUL terminated.
+        let mut c = vec![0u8; cmdline.len() + 1];
+        ram.memory()
+            .read_slice(&mut c, GuestAddress(layout::CMDLINE_ADDR))
+            .unwrap();
+        assert_eq!(&c[..cmdline.len()], cmdline.as_bytes());
+        assert_eq!(c[cmdline.len()], 0);
+
+        // Identity page tables and the boot GDT.
+        assert_eq!(get::<u64>(&ram, layout::PML4_ADDR), layout::PDPT_ADDR | 3);
+        assert_eq!(get::<u64>(&ram, layout::PDPT_ADDR), layout::PD_ADDR | 3);
+        assert_eq!(get::<u64>(&ram, layout::PD_ADDR + 8), 0x20_0000 | 0x83);
+        assert_eq!(
+            get::<u64>(&ram, layout::PDPT_ADDR + 24),
+            (layout::PD_ADDR + 0x3000) | 3
+        );
+        assert_eq!(get::<u64>(&ram, layout::GDT_ADDR + 16), GDT_CODE64);
+        assert_eq!(get::<u64>(&ram, layout::GDT_ADDR + 24), GDT_DATA);
+    }
+
+    #[test]
+    fn initrd_respects_initrd_addr_max() {
+        let dir = vessel_testkit::TempRoot::new("vmm-boot");
+        let kernel = write_file(
+            &dir,
+            "bzImage",
+            &bzimage(0x020f, 0x1ff_ffff, 2047, &[0x90; 512]),
+        );
+        let initrd = write_file(&dir, "initrd", &[1; 100]);
+        let ram = GuestRam::new(64 * MIB).unwrap();
+        let boot = load_linux(&ram, &kernel, Some(&initrd), "", true).unwrap();
+        assert_eq!(boot.initrd.unwrap().0, 0x1ff_f000);
+    }
+
+    #[test]
+    fn bad_images_and_arguments_are_refused() {
+        let dir = vessel_testkit::TempRoot::new("vmm-boot");
+        let ram = GuestRam::new(64 * MIB).unwrap();
+        let kernel = write_file(
+            &dir,
+            "bzImage",
+            &bzimage(0x020f, 0x7fff_ffff, 64, &[0x90; 512]),
+        );
+        let long = "x".repeat(65);
+        assert!(matches!(
+            load_linux(&ram, &kernel, None, &long, true),
+            Err(Error::CmdlineTooLong { len: 65, max: 64 })
+        ));
+        let huge = write_file(&dir, "initrd", &vec![0u8; 70 << 20]);
+        assert!(matches!(
+            load_linux(&ram, &kernel, Some(&huge), "", true),
+            Err(Error::InitrdTooBig { .. })
+        ));
+        let old = write_file(&dir, "old", &bzimage(0x0204, 0x7fff_ffff, 64, &[0x90; 512]));
+        assert!(matches!(
+            load_linux(&ram, &old, None, "", true),
+            Err(Error::No64BitEntry(..))
+        ));
+        let junk = write_file(&dir, "junk", &[0u8; 4096]);
+        assert!(matches!(
+            load_linux(&ram, &junk, None, "", true),
+            Err(Error::UnknownFormat(_))
+        ));
+        let small = GuestRam::new(8 * MIB).unwrap();
+        assert!(matches!(
+            load_linux(&small, &kernel, None, "", true),
+            Err(Error::TooLittleMemory(_))
+        ));
+    }
+
+    #[test]
+    fn elf_with_pvh_note_gets_start_info_memmap_and_module() {
+        let dir = vessel_testkit::TempRoot::new("vmm-boot");
+        let kernel = write_file(&dir, "vmlinux", &vmlinux(Some(0x100_0123)));
+        let initrd = write_file(&dir, "initrd", &[9; 3000]);
+        let ram = GuestRam::new(64 * MIB).unwrap();
+        let boot = load_linux(&ram, &kernel, Some(&initrd), "quiet", true).unwrap();
+        assert_eq!(boot.entry, EntryPoint::Pvh { rip: 0x100_0123 });
+        assert_eq!(boot.kernel_end, 0x100_3000);
+        assert_eq!(get::<u8>(&ram, 0x100_0001), 1);
+        // The bss is not written: guest RAM starts zeroed, and Linux clears
+        // its bss itself.
+
+        let si = layout::PVH_INFO_ADDR;
+        assert_eq!(get::<u32>(&ram, si), 0x336e_c578, "magic");
+        assert_eq!(get::<u32>(&ram, si + 4), 1, "version");
+        assert_eq!(get::<u32>(&ram, si + 12), 1, "nr_modules");
+        assert_eq!(get::<u64>(&ram, si + 16), layout::PVH_MODLIST_ADDR);
+        assert_eq!(get::<u64>(&ram, si + 24), layout::CMDLINE_ADDR);
+        assert_eq!(get::<u64>(&ram, si + 40), layout::PVH_MEMMAP_ADDR);
+        assert_eq!(get::<u32>(&ram, si + 48), 2, "memmap entries");
+        let mm = layout::PVH_MEMMAP_ADDR;
+        assert_eq!(
+            (
+                get::<u64>(&ram, mm),
+                get::<u64>(&ram, mm + 8),
+                get::<u32>(&ram, mm + 16)
+            ),
+            (0, layout::EBDA_START, E820_RAM)
+        );
+        assert_eq!(get::<u64>(&ram, mm + 24), layout::HIMEM_START);
+        let (addr, size) = boot.initrd.unwrap();
+        assert_eq!(get::<u64>(&ram, layout::PVH_MODLIST_ADDR), addr);
+        assert_eq!(get::<u64>(&ram, layout::PVH_MODLIST_ADDR + 8), size);
+        // 32-bit code segment for the protected-mode entry.
+        assert_eq!(get::<u64>(&ram, layout::GDT_ADDR + 16), GDT_CODE32);
+    }
+
+    #[test]
+    fn elf_without_pvh_or_with_pvh_declined_uses_the_64_bit_entry() {
+        let dir = vessel_testkit::TempRoot::new("vmm-boot");
+        let ram = GuestRam::new(64 * MIB).unwrap();
+        let plain = write_file(&dir, "plain", &vmlinux(None));
+        let boot = load_linux(&ram, &plain, None, "", true).unwrap();
+        assert_eq!(boot.entry, EntryPoint::Linux64 { rip: 0x100_0000 });
+        assert_eq!(
+            get::<u32>(&ram, layout::ZERO_PAGE_ADDR + 0x230),
+            KERNEL_MIN_ALIGNMENT
+        );
+        let pvh = write_file(&dir, "pvh", &vmlinux(Some(0x100_0040)));
+        let boot = load_linux(&ram, &pvh, None, "", false).unwrap();
+        assert_eq!(boot.entry, EntryPoint::Linux64 { rip: 0x100_0000 });
+    }
 
     #[test]
     fn initrd_goes_high_and_page_aligned() {

@@ -351,3 +351,145 @@ impl VirtioDevice for Block {
         self.active = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::testdriver::{Buf, Driver};
+    use std::sync::{Arc, Mutex};
+
+    fn header(d: &mut Driver, kind: u32, sector: u64) -> Buf {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        d.out_buf(&h)
+    }
+
+    fn disk(pattern: bool) -> (vessel_testkit::TempRoot, PathBuf) {
+        let t = vessel_testkit::TempRoot::new("vmm-blk");
+        let p = t.join("disk.img");
+        let data: Vec<u8> = (0..8 * 512u32)
+            .map(|i| if pattern { (i / 512) as u8 + 1 } else { 0 })
+            .collect();
+        std::fs::write(&p, data).unwrap();
+        (t, p)
+    }
+
+    fn request(d: &mut Driver, bufs: &[Buf]) -> u32 {
+        let head = d.add(0, bufs);
+        d.notify(0);
+        let (id, len) = d.wait_used(0);
+        assert_eq!(id, head);
+        len
+    }
+
+    #[test]
+    fn reads_writes_flushes_and_identifies() {
+        let (_t, path) = disk(true);
+        let dev = Arc::new(Mutex::new(Block::open(&path, false, "layer-0").unwrap()));
+        let mut d = Driver::new(dev);
+        // Capacity: 8 sectors; seg_max offered.
+        assert_eq!(d.read_config(0, 8), 8u64.to_le_bytes());
+        assert_eq!(d.read_config(12, 4), SEG_MAX.to_le_bytes());
+
+        // Read sectors 1 and 2 into two buffers.
+        let h = header(&mut d, T_IN, 1);
+        let a = d.in_buf(512);
+        let b = d.in_buf(512);
+        let st = d.in_buf(1);
+        assert_eq!(request(&mut d, &[h, a, b, st]), 1025);
+        assert_eq!(d.read(st, 1), [S_OK]);
+        assert!(d.read(a, 512).iter().all(|x| *x == 2));
+        assert!(d.read(b, 512).iter().all(|x| *x == 3));
+
+        // Write sector 5, then flush; the host file sees it.
+        let h = header(&mut d, T_OUT, 5);
+        let data = d.out_buf(&[0x5a; 512]);
+        let st = d.in_buf(1);
+        assert_eq!(request(&mut d, &[h, data, st]), 1);
+        assert_eq!(d.read(st, 1), [S_OK]);
+        let h = header(&mut d, T_FLUSH, 0);
+        let st = d.in_buf(1);
+        request(&mut d, &[h, st]);
+        assert_eq!(d.read(st, 1), [S_OK]);
+        let file = std::fs::read(&path).unwrap();
+        assert!(file[5 * 512..6 * 512].iter().all(|x| *x == 0x5a));
+        assert!(file[4 * 512..5 * 512].iter().all(|x| *x == 5));
+
+        // GET_ID returns the serial, NUL padded.
+        let h = header(&mut d, T_GET_ID, 0);
+        let id = d.in_buf(20);
+        let st = d.in_buf(1);
+        assert_eq!(request(&mut d, &[h, id, st]), 21);
+        assert_eq!(&d.read(id, 20)[..8], b"layer-0\0");
+
+        // Past the end and unknown types fail without touching memory.
+        let h = header(&mut d, T_IN, 8);
+        let a = d.in_buf(512);
+        let st = d.in_buf(1);
+        request(&mut d, &[h, a, st]);
+        assert_eq!(d.read(st, 1), [S_IOERR]);
+        assert!(d.read(a, 512).iter().all(|x| *x == 0xee));
+        let h = header(&mut d, 99, 0);
+        let st = d.in_buf(1);
+        request(&mut d, &[h, st]);
+        assert_eq!(d.read(st, 1), [S_UNSUPP]);
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes() {
+        let (_t, path) = disk(false);
+        let dev = Arc::new(Mutex::new(Block::open(&path, true, "ro").unwrap()));
+        let mut d = Driver::new(dev);
+        d.write_reg(super::super::mmio::reg::DEVICE_FEATURES_SEL, 0);
+        assert_ne!(
+            d.read_reg(super::super::mmio::reg::DEVICE_FEATURES) & (1 << F_RO),
+            0
+        );
+        let h = header(&mut d, T_OUT, 0);
+        let data = d.out_buf(&[1; 512]);
+        let st = d.in_buf(1);
+        request(&mut d, &[h, data, st]);
+        assert_eq!(d.read(st, 1), [S_IOERR]);
+        assert!(std::fs::read(&path).unwrap().iter().all(|x| *x == 0));
+    }
+
+    #[test]
+    fn many_requests_in_one_kick() {
+        let (_t, path) = disk(true);
+        let dev = Arc::new(Mutex::new(Block::open(&path, true, "x").unwrap()));
+        let mut d = Driver::new(dev);
+        let mut expect = Vec::new();
+        for s in 0..5u64 {
+            let h = header(&mut d, T_IN, s);
+            let a = d.in_buf(512);
+            let st = d.in_buf(1);
+            expect.push((d.add(0, &[h, a, st]), a, s));
+        }
+        d.notify(0);
+        for (head, a, s) in expect {
+            let (id, len) = d.wait_used(0);
+            assert_eq!((id, len), (head, 513));
+            assert!(d.read(a, 512).iter().all(|x| u64::from(*x) == s + 1));
+        }
+        // The device asked to be kicked again at the next request.
+        assert_eq!(d.avail_event(0), 5);
+    }
+
+    #[test]
+    fn refuses_bad_disks() {
+        let t = vessel_testkit::TempRoot::new("vmm-blk");
+        let p = t.join("odd.img");
+        std::fs::write(&p, [0u8; 100]).unwrap();
+        assert!(matches!(Block::open(&p, true, "x"), Err(Error::Size(_))));
+        assert!(matches!(
+            Block::open(&t.join("missing"), true, "x"),
+            Err(Error::Open(..))
+        ));
+        std::fs::write(&p, [0u8; 512]).unwrap();
+        assert!(matches!(
+            Block::open(&p, true, "this-serial-is-too-long"),
+            Err(Error::Serial(_))
+        ));
+    }
+}

@@ -9,6 +9,8 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+#[cfg(test)]
+pub mod testdriver;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;

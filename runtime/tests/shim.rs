@@ -140,11 +140,8 @@ fn attach_stdin_logs_wait_and_exit_file() {
     let (mut attach, resp) =
         shim.connect(&json!({"op": "attach", "stdin": true, "stdout": true, "stderr": true}));
     assert!(resp["error"].is_null(), "{resp}");
-    let (wait, _) = {
-        let mut s = UnixStream::connect(shim.state.join(protocol::SOCKET)).unwrap();
-        s.write_all(b"{\"op\":\"wait\"}\n").unwrap();
-        (s, ())
-    };
+    let mut wait = UnixStream::connect(shim.state.join(protocol::SOCKET)).unwrap();
+    wait.write_all(b"{\"op\":\"wait\"}\n").unwrap();
     let (_, resp) = shim.connect(&json!({"op": "start"}));
     assert!(resp["error"].is_null(), "{resp}");
     send(&mut attach, Kind::Stdin, b"hello\n");

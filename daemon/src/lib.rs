@@ -2,3 +2,4 @@
 //! the Docker API server wires them together.
 
 pub mod images;
+pub mod build;

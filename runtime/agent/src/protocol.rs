@@ -247,7 +247,9 @@ impl Message {
             Message::Exec { id, process } => (kind::EXEC, *id, json(process)),
             Message::Stdin { id, data } => (kind::STDIN, *id, data.clone()),
             Message::StdinClose { id } => (kind::STDIN_CLOSE, *id, Vec::new()),
-            Message::Signal { id, signal } => (kind::SIGNAL, *id, json(&SignalBody { signal: *signal })),
+            Message::Signal { id, signal } => {
+                (kind::SIGNAL, *id, json(&SignalBody { signal: *signal }))
+            }
             Message::Resize { id, rows, cols } => (
                 kind::RESIZE,
                 *id,
@@ -286,7 +288,13 @@ impl Message {
 
     /// Decode a frame's kind, process id and payload.
     pub fn decode(k: u8, id: u32, payload: &[u8]) -> Result<Message> {
-        let need_id = |kind: &'static str| if id == 0 { Err(Error::NoProcess { kind }) } else { Ok(id) };
+        let need_id = |kind: &'static str| {
+            if id == 0 {
+                Err(Error::NoProcess { kind })
+            } else {
+                Ok(id)
+            }
+        };
         Ok(match k {
             kind::START => Message::Start {
                 id: need_id("start")?,
@@ -300,7 +308,9 @@ impl Message {
                 id: need_id("stdin")?,
                 data: payload.to_vec(),
             },
-            kind::STDIN_CLOSE => Message::StdinClose { id: need_id("stdin close")? },
+            kind::STDIN_CLOSE => Message::StdinClose {
+                id: need_id("stdin close")?,
+            },
             kind::SIGNAL => Message::Signal {
                 id: need_id("signal")?,
                 signal: parse::<SignalBody>("signal", payload)?.signal,
@@ -463,7 +473,11 @@ mod tests {
             },
             Message::StdinClose { id: 1 },
             Message::Signal { id: 1, signal: 15 },
-            Message::Resize { id: 1, rows: 24, cols: 80 },
+            Message::Resize {
+                id: 1,
+                rows: 24,
+                cols: 80,
+            },
             Message::Shutdown,
             Message::Ready(ReadyInfo {
                 version: VERSION,
@@ -474,10 +488,16 @@ mod tests {
                 id: 1,
                 data: vec![0, 1, 2, 255],
             },
-            Message::Stderr { id: 2, data: Vec::new() },
+            Message::Stderr {
+                id: 2,
+                data: Vec::new(),
+            },
             Message::Exited {
                 id: 1,
-                exit: ExitInfo { code: 7, signal: None },
+                exit: ExitInfo {
+                    code: 7,
+                    signal: None,
+                },
             },
             Message::Error {
                 id: 0,
@@ -517,19 +537,38 @@ mod tests {
     fn bad_frames_are_errors() {
         let mut f = Message::Shutdown.encode();
         f[4] = 99;
-        assert!(matches!(Message::read_from(&mut f.as_slice()), Err(Error::UnknownKind(99))));
+        assert!(matches!(
+            Message::read_from(&mut f.as_slice()),
+            Err(Error::UnknownKind(99))
+        ));
         let mut f = Message::StdinClose { id: 1 }.encode();
         f[8] = 0;
-        assert!(matches!(Message::read_from(&mut f.as_slice()), Err(Error::NoProcess { .. })));
+        assert!(matches!(
+            Message::read_from(&mut f.as_slice()),
+            Err(Error::NoProcess { .. })
+        ));
         let mut f = Message::Signal { id: 1, signal: 9 }.encode();
         let n = f.len();
         f[n - 2] = b'x';
-        assert!(matches!(Message::read_from(&mut f.as_slice()), Err(Error::Payload { .. })));
+        assert!(matches!(
+            Message::read_from(&mut f.as_slice()),
+            Err(Error::Payload { .. })
+        ));
         let mut f = Message::Shutdown.encode();
         f[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Message::read_from(&mut f.as_slice()), Err(Error::TooLarge(_))));
-        let f = Message::Stdout { id: 1, data: vec![1; 10] }.encode();
-        assert!(matches!(Message::read_from(&mut &f[..15]), Err(Error::Io(_))));
+        assert!(matches!(
+            Message::read_from(&mut f.as_slice()),
+            Err(Error::TooLarge(_))
+        ));
+        let f = Message::Stdout {
+            id: 1,
+            data: vec![1; 10],
+        }
+        .encode();
+        assert!(matches!(
+            Message::read_from(&mut &f[..15]),
+            Err(Error::Io(_))
+        ));
         // Unknown fields in requests are refused.
         let bad = br#"{"args":["x"],"bogus":1}"#;
         assert!(Message::decode(2, 1, bad).is_err());
@@ -537,7 +576,19 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        assert_eq!(exit_info(7 << 8), ExitInfo { code: 7, signal: None });
-        assert_eq!(exit_info(9), ExitInfo { code: 137, signal: Some(9) });
+        assert_eq!(
+            exit_info(7 << 8),
+            ExitInfo {
+                code: 7,
+                signal: None
+            }
+        );
+        assert_eq!(
+            exit_info(9),
+            ExitInfo {
+                code: 137,
+                signal: Some(9)
+            }
+        );
     }
 }

@@ -1,1 +1,178 @@
-fn main() {}
+//! `vessel-agent`: PID 1 of a Vessel microVM, plus two helper modes.
+//!
+//! - As PID 1: serve the host on the virtio-console channel, then reset.
+//! - `vessel-agent standalone ROOT`: serve the protocol on file descriptor 3
+//!   with ROOT as the container root (tests on a host; no mounts).
+//! - `vessel-agent run --socket PATH [options] -- CMD [ARGS...]`: the host
+//!   side, connected to a monitor's channel socket; runs CMD in the VM with
+//!   this process's stdio and exits with its status.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vessel_agent::guest::{self, Agent, Mode, system};
+use vessel_agent::host::Client;
+use vessel_agent::protocol::{ProcessSpec, RootSpec, Scratch, StartRequest};
+
+fn main() -> ExitCode {
+    if std::process::id() == 1 {
+        pid1();
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("standalone") => standalone(&args[2..]),
+        Some("run") => run(&args[2..]),
+        _ => Err("usage: vessel-agent standalone ROOT | vessel-agent run --socket PATH [--layer SERIAL]... \
+                  [--scratch tmpfs|tmpfs:MIB|disk:SERIAL] [--readonly] [--hostname NAME] [--env K=V]... \
+                  [--cwd DIR] [--user UID:GID] [-t] [-i] -- CMD [ARGS...]"
+            .to_string()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vessel-agent: {e}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+/// Make sure descriptors 0-2 exist, so pipes never land on them.
+fn ensure_stdio() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD on any integer is harmless.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // SAFETY: opening /dev/null with a constant NUL-terminated path;
+            // the lowest free descriptor is the missing one.
+            unsafe {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
+}
+
+fn pid1() -> ! {
+    ensure_stdio();
+    if let Err(e) = system::mount_kernel_filesystems() {
+        system::log(&guest::error_chain(&e));
+    }
+    match system::open_channel() {
+        Ok(channel) => match Agent::new(channel, Mode::Vm) {
+            Ok(mut agent) => {
+                if let Err(e) = agent.serve() {
+                    system::log(&guest::error_chain(&e));
+                }
+            }
+            Err(e) => system::log(&guest::error_chain(&e)),
+        },
+        Err(e) => system::log(&guest::error_chain(&e)),
+    }
+    // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+    }
+    system::reset_machine()
+}
+
+fn standalone(args: &[String]) -> Result<ExitCode, String> {
+    let [root] = args else {
+        return Err("usage: vessel-agent standalone ROOT (channel on fd 3)".into());
+    };
+    ensure_stdio();
+    // SAFETY: the caller hands us descriptor 3 as the channel; we own it.
+    let channel = unsafe { File::from_raw_fd(3) };
+    let mut agent = Agent::new(
+        channel,
+        Mode::Standalone {
+            root: PathBuf::from(root),
+        },
+    )
+    .map_err(|e| guest::error_chain(&e))?;
+    let served = agent.serve();
+    agent.kill_all();
+    served.map_err(|e| guest::error_chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let mut socket = None;
+    let mut root = RootSpec::default();
+    let mut hostname = String::new();
+    let mut process = ProcessSpec {
+        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    };
+    let mut interactive = false;
+    let mut it = args.iter();
+    let value = |it: &mut std::slice::Iter<'_, String>, flag: &str| {
+        it.next()
+            .cloned()
+            .ok_or_else(|| format!("{flag} needs a value"))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--socket" => socket = Some(value(&mut it, a)?),
+            "--layer" => root.layers.push(value(&mut it, a)?),
+            "--scratch" => {
+                let v = value(&mut it, a)?;
+                root.scratch = match v.split_once(':') {
+                    None if v == "tmpfs" => Scratch::Tmpfs,
+                    Some(("tmpfs", mib)) => {
+                        Scratch::TmpfsLimited(mib.parse().map_err(|_| format!("--scratch {v}"))?)
+                    }
+                    Some(("disk", serial)) => Scratch::Disk(serial.to_string()),
+                    _ => {
+                        return Err(format!(
+                            "--scratch {v}: expected tmpfs, tmpfs:MIB or disk:SERIAL"
+                        ));
+                    }
+                };
+            }
+            "--readonly" => root.readonly = true,
+            "--hostname" => hostname = value(&mut it, a)?,
+            "--env" => process.env.push(value(&mut it, a)?),
+            "--cwd" => process.cwd = value(&mut it, a)?,
+            "--user" => {
+                let v = value(&mut it, a)?;
+                let (u, g) = v.split_once(':').unwrap_or((&v, "0"));
+                process.uid = u.parse().map_err(|_| format!("--user {v}"))?;
+                process.gid = g.parse().map_err(|_| format!("--user {v}"))?;
+            }
+            "-t" => process.terminal = true,
+            "-i" => interactive = true,
+            "--" => {
+                process.args = it.by_ref().cloned().collect();
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let socket = socket.ok_or("--socket is required")?;
+    if process.args.is_empty() {
+        return Err("no command given after --".into());
+    }
+    let stream =
+        UnixStream::connect(&socket).map_err(|e| format!("connecting to {socket}: {e}"))?;
+    let mut client = Client::new(stream).map_err(|e| guest::error_chain(&e))?;
+    let stdin: Option<Box<dyn Read + Send>> = if interactive {
+        Some(Box::new(std::io::stdin()))
+    } else {
+        None
+    };
+    let exit = client
+        .run(
+            StartRequest {
+                root,
+                hostname,
+                process,
+            },
+            stdin,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+        .map_err(|e| guest::error_chain(&e))?;
+    Ok(ExitCode::from(exit.code.clamp(0, 255) as u8))
+}

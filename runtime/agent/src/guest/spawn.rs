@@ -78,8 +78,16 @@ fn prepare(spec: &ProcessSpec, root: &Path) -> Result<Prepared> {
     let Some(program) = spec.args.first() else {
         return Err(Error::Setup("the process has no arguments".into()));
     };
-    let argv = spec.args.iter().map(|a| cstring(a, "argument")).collect::<Result<Vec<_>>>()?;
-    let envp = spec.env.iter().map(|e| cstring(e, "environment entry")).collect::<Result<Vec<_>>>()?;
+    let argv = spec
+        .args
+        .iter()
+        .map(|a| cstring(a, "argument"))
+        .collect::<Result<Vec<_>>>()?;
+    let envp = spec
+        .env
+        .iter()
+        .map(|e| cstring(e, "environment entry"))
+        .collect::<Result<Vec<_>>>()?;
     let path = spec
         .env
         .iter()
@@ -95,7 +103,8 @@ fn prepare(spec: &ProcessSpec, root: &Path) -> Result<Prepared> {
     };
     let mut rlimits = Vec::new();
     for r in &spec.rlimits {
-        let res = rlimit_resource(&r.kind).ok_or_else(|| Error::Setup(format!("unknown rlimit {:?}", r.kind)))?;
+        let res = rlimit_resource(&r.kind)
+            .ok_or_else(|| Error::Setup(format!("unknown rlimit {:?}", r.kind)))?;
         rlimits.push((
             res,
             libc::rlimit {
@@ -104,7 +113,11 @@ fn prepare(spec: &ProcessSpec, root: &Path) -> Result<Prepared> {
             },
         ));
     }
-    let cwd = if spec.cwd.starts_with('/') { spec.cwd.clone() } else { format!("/{}", spec.cwd) };
+    let cwd = if spec.cwd.starts_with('/') {
+        spec.cwd.clone()
+    } else {
+        format!("/{}", spec.cwd)
+    };
     Ok(Prepared {
         argv,
         envp,
@@ -133,10 +146,16 @@ pub fn spawn(spec: &ProcessSpec, root: &Path, winsize: Option<(u16, u16)>) -> Re
         let OpenptyResult { master, slave } =
             openpty(ws.as_ref(), None).map_err(|e| Error::Sys("opening a pty".into(), e))?;
         for fd in [&master, &slave] {
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .map_err(|e| Error::Sys("marking the pty close-on-exec".into(), e))?;
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| Error::Sys("marking the pty close-on-exec".into(), e))?;
         }
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::Io("duplicating the pty".into(), e));
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| Error::Io("duplicating the pty".into(), e))
+        };
         let master_in = dup(&master)?;
         (
             [dup(&slave)?, dup(&slave)?, slave],
@@ -162,7 +181,11 @@ pub fn spawn(spec: &ProcessSpec, root: &Path, winsize: Option<(u16, u16)>) -> Re
         )
     };
     let terminal = spec.terminal;
-    let raw: [RawFd; 3] = [child_fds[0].as_raw_fd(), child_fds[1].as_raw_fd(), child_fds[2].as_raw_fd()];
+    let raw: [RawFd; 3] = [
+        child_fds[0].as_raw_fd(),
+        child_fds[1].as_raw_fd(),
+        child_fds[2].as_raw_fd(),
+    ];
     // SAFETY: the agent is single-threaded, so the child may run arbitrary
     // code; it only makes system calls and then execs or exits.
     match unsafe { fork() }.map_err(|e| Error::Sys("fork".into(), e))? {
@@ -203,13 +226,19 @@ fn fail(err_fd: RawFd, what: &str) -> i32 {
 
 /// The child side of `spawn`. Returns an exit code only on failure.
 fn child(p: &Prepared, stdio: [RawFd; 3], terminal: bool, err_fd: RawFd) -> i32 {
-    // SAFETY (whole function): plain system calls on descriptors and
-    // NUL-terminated strings prepared before fork; pointers passed to
-    // execve are built from CStrings that live until the call.
+    // SAFETY: plain system calls on descriptors and NUL-terminated strings
+    // prepared before fork; the pointers passed to execve come from
+    // CStrings that live until the call.
     unsafe {
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
-        for sig in [libc::SIGPIPE, libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGCHLD,
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+        ] {
             libc::signal(sig, libc::SIG_DFL);
         }
         if libc::setsid() < 0 {
@@ -230,7 +259,10 @@ fn child(p: &Prepared, stdio: [RawFd; 3], terminal: bool, err_fd: RawFd) -> i32 
             // Create a missing working directory, like runc does.
             let _ = std::fs::create_dir_all(p.cwd.to_string_lossy().as_ref());
             if libc::chdir(p.cwd.as_ptr()) < 0 {
-                return fail(err_fd, &format!("working directory {}", p.cwd.to_string_lossy()));
+                return fail(
+                    err_fd,
+                    &format!("working directory {}", p.cwd.to_string_lossy()),
+                );
             }
         }
         for (res, lim) in &p.rlimits {
@@ -289,7 +321,13 @@ mod tests {
             ..Default::default()
         };
         let p = prepare(&spec, Path::new("/r")).unwrap();
-        assert_eq!(p.candidates, vec![CString::new("/usr/bin/sh").unwrap(), CString::new("/bin/sh").unwrap()]);
+        assert_eq!(
+            p.candidates,
+            vec![
+                CString::new("/usr/bin/sh").unwrap(),
+                CString::new("/bin/sh").unwrap()
+            ]
+        );
         assert_eq!(p.cwd.to_str().unwrap(), "/work");
         assert_eq!(p.rlimits[0].1.rlim_max, 20);
         let mut bad = spec.clone();

@@ -23,9 +23,16 @@ pub fn log(msg: &str) {
     }
 }
 
-fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     std::fs::create_dir_all(target).map_err(|e| Error::Io(format!("creating {target}"), e))?;
-    mount(Some(source), target, Some(fstype), flags, data).map_err(|e| Error::Sys(format!("mounting {fstype} on {target}"), e))
+    mount(Some(source), target, Some(fstype), flags, data)
+        .map_err(|e| Error::Sys(format!("mounting {fstype} on {target}"), e))
 }
 
 /// Mount /proc, /sys, /dev and /dev/pts in the guest's own root.
@@ -33,9 +40,27 @@ pub fn mount_kernel_filesystems() -> Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("proc", "/proc", "proc", nosuid, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mount_fs("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0620,ptmxmode=0666"))?;
-    mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
     Ok(())
 }
 
@@ -72,7 +97,8 @@ fn pick(ports: &[(PathBuf, String)]) -> Option<PathBuf> {
 /// name may arrive just after its node; with a single port it does not
 /// matter, and the first write blocks until the host side is open.
 pub fn open_channel() -> Result<File> {
-    let inotify = Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| Error::Sys("inotify".into(), e))?;
+    let inotify =
+        Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| Error::Sys("inotify".into(), e))?;
     inotify
         .add_watch("/dev", AddWatchFlags::IN_CREATE)
         .map_err(|e| Error::Sys("watching /dev".into(), e))?;

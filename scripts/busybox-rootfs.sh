@@ -11,6 +11,7 @@
 set -euo pipefail
 
 dest=${1:?usage: busybox-rootfs.sh DEST}
+case "$dest" in /*) ;; *) dest="$PWD/$dest" ;; esac
 
 find_busybox() {
     # Prefer the installed busybox-static binary; fall back to unpacking the

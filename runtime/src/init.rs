@@ -141,12 +141,30 @@ fn stage1_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<Option<()>> {
         || cfg.creates(LinuxNamespaceType::Time)
         || cfg.joins(LinuxNamespaceType::Time);
     if needs_fork {
+        // The runtime must learn the PID before anything the new process
+        // says: it waits for our go-ahead, sent after the PID.
+        let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).sys(|| "pipe".into())?;
         match sys::fork_as_sibling().sys(|| "fork the container process".into())? {
             sys::Forked::Parent(pid) => {
+                drop(go_r);
                 chan.send(&Msg::Pid(pid.as_raw()))?;
+                nix::unistd::write(&go_w, b"1").sys(|| "release the container process".into())?;
                 Ok(Some(()))
             }
-            sys::Forked::Child => Ok(None),
+            sys::Forked::Child => {
+                drop(go_w);
+                let mut b = [0u8; 1];
+                loop {
+                    match nix::unistd::read(go_r.as_fd(), &mut b) {
+                        Ok(1) => break,
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Ok(_) | Err(_) => {
+                            return Err(Error::Container("the intermediate process died before releasing the container process".into()));
+                        }
+                    }
+                }
+                Ok(None)
+            }
         }
     } else {
         chan.send(&Msg::Pid(nix::unistd::getpid().as_raw()))?;

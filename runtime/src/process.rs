@@ -181,7 +181,7 @@ pub(crate) fn setup_identity(user: &User, capabilities: Option<&LinuxCapabilitie
         for cap in ambient {
             // Raising an ambient capability needs it permitted and inheritable.
             if let Err(e) = caps::raise(None, CapSet::Ambient, cap) {
-                tracing::warn!(%cap, error = %e, "cannot raise ambient capability");
+                tracing::debug!(%cap, error = %e, "cannot raise ambient capability (it must be permitted and inheritable)");
             }
         }
     } else if user.uid() != 0 {

@@ -5,18 +5,21 @@
 #   runtime/vmm/guest/build-kernel.sh [--print-dir]
 #
 # The result lives in $VESSEL_KERNEL_CACHE (default /var/cache/vessel/kernel)
-# under a key made of the configuration, this script and the source
-# package's version: KEY/vmlinux (ELF, booted through its PVH note),
-# KEY/bzImage, KEY/config and KEY/build-seconds. A second run with the same
-# inputs does nothing and prints the same directory. The build runs under
-# `nice` on all cores. Needs: linux-source-6.1 build-essential bc flex
-# bison libelf-dev libssl-dev (apt-get install them).
+# under a key made of the configuration, the source package's version and
+# BUILD_REVISION below (bump it when a change here changes the output):
+# KEY/vmlinux (ELF without symbols, booted through its PVH note),
+# KEY/vmlinux.symbols (the same with symbols, for debugging), KEY/bzImage,
+# KEY/config and KEY/build-seconds. A second run with the same inputs does
+# nothing and prints the same directory. The build runs under `nice` on
+# all cores. Needs: linux-source-6.1 build-essential bc flex bison
+# libelf-dev libssl-dev (apt-get install them).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 config="$here/vessel-guest.config"
 cache=${VESSEL_KERNEL_CACHE:-/var/cache/vessel/kernel}
 tarball=/usr/src/linux-source-6.1.tar.xz
+BUILD_REVISION=2
 
 missing=()
 for tool in gcc make bc flex bison; do
@@ -30,7 +33,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo unknown)
-key=$( (cat "$config" "$0"; echo "$version") | sha256sum | cut -c1-16)
+key=$( (cat "$config"; echo "$version $BUILD_REVISION") | sha256sum | cut -c1-16)
 out="$cache/6.1-$key"
 
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
@@ -81,7 +84,8 @@ end=$(date +%s)
 stage="$out.tmp.$$"
 rm -rf "$stage"
 mkdir -p "$stage"
-cp vmlinux "$stage/vmlinux"
+cp vmlinux "$stage/vmlinux.symbols"
+strip --strip-all -o "$stage/vmlinux" vmlinux
 cp arch/x86/boot/bzImage "$stage/bzImage"
 cp .config "$stage/config"
 echo $((end - start)) >"$stage/build-seconds"

@@ -5,14 +5,16 @@
 //!   with ROOT as the container root (tests on a host; no mounts).
 //! - `vessel-agent run --socket PATH [options] -- CMD [ARGS...]`: the host
 //!   side, connected to a monitor's channel socket; runs CMD in the VM with
-//!   this process's stdio and exits with its status.
+//!   this process's stdio and exits with its status. With `--listen PATH
+//!   --spawn MONITOR` it listens on PATH, starts MONITOR (a shell command
+//!   that connects to PATH) and serves the one connection it makes.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use vessel_agent::guest::{self, Agent, Mode, system};
 use vessel_agent::host::Client;
@@ -26,7 +28,8 @@ fn main() -> ExitCode {
     let result = match args.get(1).map(String::as_str) {
         Some("standalone") => standalone(&args[2..]),
         Some("run") => run(&args[2..]),
-        _ => Err("usage: vessel-agent standalone ROOT | vessel-agent run --socket PATH [--layer SERIAL]... \
+        _ => Err("usage: vessel-agent standalone ROOT | vessel-agent run (--socket PATH | --listen PATH \
+                  --spawn MONITOR) [--layer SERIAL]... \
                   [--scratch tmpfs|tmpfs:MIB|disk:SERIAL] [--readonly] [--hostname NAME] [--env K=V]... \
                   [--cwd DIR] [--user UID:GID] [-t] [-i] -- CMD [ARGS...]"
             .to_string()),
@@ -99,6 +102,8 @@ fn standalone(args: &[String]) -> Result<ExitCode, String> {
 
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut socket = None;
+    let mut listen = None;
+    let mut spawn = None;
     let mut root = RootSpec::default();
     let mut hostname = String::new();
     let mut process = ProcessSpec {
@@ -116,6 +121,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--socket" => socket = Some(value(&mut it, a)?),
+            "--listen" => listen = Some(value(&mut it, a)?),
+            "--spawn" => spawn = Some(value(&mut it, a)?),
             "--layer" => root.layers.push(value(&mut it, a)?),
             "--scratch" => {
                 let v = value(&mut it, a)?;
@@ -150,29 +157,50 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    let socket = socket.ok_or("--socket is required")?;
     if process.args.is_empty() {
         return Err("no command given after --".into());
     }
-    let stream =
-        UnixStream::connect(&socket).map_err(|e| format!("connecting to {socket}: {e}"))?;
+    let mut monitor = None;
+    let stream = match (socket, listen, spawn) {
+        (Some(path), None, None) => UnixStream::connect(&path).map_err(|e| format!("connecting to {path}: {e}"))?,
+        (None, Some(path), Some(cmd)) => {
+            let _ = std::fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).map_err(|e| format!("listening on {path}: {e}"))?;
+            let child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&cmd)
+                .spawn()
+                .map_err(|e| format!("starting {cmd:?}: {e}"))?;
+            monitor = Some(child);
+            let (stream, _) = listener.accept().map_err(|e| format!("accepting on {path}: {e}"))?;
+            let _ = std::fs::remove_file(&path);
+            stream
+        }
+        _ => return Err("give either --socket PATH, or --listen PATH with --spawn MONITOR".into()),
+    };
     let mut client = Client::new(stream).map_err(|e| guest::error_chain(&e))?;
     let stdin: Option<Box<dyn Read + Send>> = if interactive {
         Some(Box::new(std::io::stdin()))
     } else {
         None
     };
-    let exit = client
-        .run(
-            StartRequest {
-                root,
-                hostname,
-                process,
-            },
-            stdin,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )
-        .map_err(|e| guest::error_chain(&e))?;
+    let result = client.run(
+        StartRequest {
+            root,
+            hostname,
+            process,
+        },
+        stdin,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    drop(client);
+    if let Some(mut m) = monitor {
+        let status = m.wait().map_err(|e| format!("waiting for the monitor: {e}"))?;
+        if !status.success() && result.is_err() {
+            eprintln!("vessel-agent: the monitor exited with {status}");
+        }
+    }
+    let exit = result.map_err(|e| guest::error_chain(&e))?;
     Ok(ExitCode::from(exit.code.clamp(0, 255) as u8))
 }

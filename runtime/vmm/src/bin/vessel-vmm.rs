@@ -38,8 +38,11 @@ struct Args {
     #[arg(long = "disk")]
     disks: Vec<String>,
     /// Listen on this unix socket for the host end of the channel.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "channel_connect")]
     channel_socket: Option<PathBuf>,
+    /// Connect to this unix socket for the host end of the channel.
+    #[arg(long)]
+    channel_connect: Option<PathBuf>,
     /// Name of the channel port inside the guest.
     #[arg(long, default_value = "vessel.agent")]
     channel_name: String,
@@ -161,8 +164,15 @@ fn run() -> anyhow::Result<ExitCode> {
             UnixStream::pair().context("creating the channel socket pair")?;
         bridge(listener, bridge_end);
         config.channel = Some(ChannelConfig {
-            name: args.channel_name,
+            name: args.channel_name.clone(),
             stream: vm_end.into(),
+        });
+    }
+    if let Some(path) = &args.channel_connect {
+        let stream = UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
+        config.channel = Some(ChannelConfig {
+            name: args.channel_name.clone(),
+            stream: stream.into(),
         });
     }
     let vm = Vm::start(config).context("starting the VM")?;

@@ -1,0 +1,187 @@
+//! End to end: our monitor boots our guest kernel with the agent and a
+//! busybox layer, inside an L1 Linux running under QEMU's TCG with a real
+//! (nested, AMD SVM) KVM, and runs container processes there.
+//!
+//! One L1 boot serves every case: the L1 init script boots one microVM per
+//! case through `vessel-agent run --spawn vessel-vmm ...` and prints
+//! markers the test parses. Needs qemu-system-x86, the guest kernel (built
+//! once by guest/build-kernel.sh), Debian's cloud kernel (downloaded with
+//! apt-get), busybox-static and erofs-utils; skips with the reason when
+//! something is missing.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+struct CaseResult {
+    exit: Option<i32>,
+    out: String,
+    err: String,
+    values: HashMap<String, String>,
+    seconds: Option<f64>,
+}
+
+/// Split the console output into cases.
+fn parse(console: &str) -> HashMap<String, CaseResult> {
+    let mut cases: HashMap<String, CaseResult> = HashMap::new();
+    let mut current: Option<String> = None;
+    let mut section: Option<&str> = None;
+    for line in console.lines() {
+        if let Some(name) = line.strip_prefix("@@CASE ") {
+            current = Some(name.trim().to_string());
+            cases.entry(name.trim().to_string()).or_default();
+            section = None;
+            continue;
+        }
+        let Some(name) = &current else { continue };
+        let c = cases.get_mut(name).expect("case entry exists");
+        match line {
+            "@@OUT" => section = Some("out"),
+            "@@ERR" => section = Some("err"),
+            "@@END" => section = None,
+            l if l.starts_with("@@EXIT ") => c.exit = l[7..].trim().parse().ok(),
+            l if l.starts_with("@@TIME ") => {
+                let t: Vec<f64> = l[7..].split_whitespace().filter_map(|v| v.parse().ok()).collect();
+                if let [a, b] = t[..] {
+                    c.seconds = Some(b - a);
+                }
+            }
+            l if l.starts_with("@@") && section.is_none() => {
+                if let Some((k, v)) = l[2..].split_once(' ') {
+                    c.values.insert(k.to_string(), v.trim().to_string());
+                }
+            }
+            l => match section {
+                Some("out") => {
+                    c.out.push_str(l);
+                    c.out.push('\n');
+                }
+                Some("err") => {
+                    c.err.push_str(l);
+                    c.err.push('\n');
+                }
+                _ => {}
+            },
+        }
+    }
+    cases
+}
+
+/// The L1 script: one microVM per case.
+const SCRIPT: &str = r#"
+printf 'from stdin\n' > /tmp/in
+vm() { # NAME "MONITOR OPTIONS" CLIENT OPTIONS... -- COMMAND...
+  name=$1; monitor=$2; shift 2
+  echo "@@CASE $name"
+  t0=$(now)
+  /bin/vessel-agent run --listen /run/ch.sock \
+    --spawn "/bin/vessel-vmm --kernel /vm/vmlinux --initrd /vm/initrd --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/ch.sock $monitor" \
+    --layer layer-0 "$@" > /tmp/out 2> /tmp/err < /tmp/in
+  echo "@@EXIT $?"
+  echo "@@TIME $t0 $(now)"
+}
+show() { echo @@OUT; cat /tmp/out; echo @@ERR; cat /tmp/err; echo @@END; }
+
+vm echo "" -- echo hi; show
+vm exit7 "" -- sh -c 'exit 7'; show
+vm big "" -- sh -c 'yes abcdefg | head -c 10485760'
+echo "@@SIZE $(wc -c < /tmp/out)"
+echo "@@MD5 $(md5sum < /tmp/out | cut -d' ' -f1)"
+echo "@@WANT $(yes abcdefg | head -c 10485760 | md5sum | cut -d' ' -f1)"
+echo @@ERR; cat /tmp/err; echo @@END
+vm process "" --hostname box --env FOO=bar --cwd /tmp --user 1000:1000 -- sh -c 'echo $(hostname) $FOO $(pwd) $(id -u):$(id -g)'; show
+vm memory "--mem 128" -- sh -c 'grep MemTotal /proc/meminfo'; show
+vm cpus "--cpus 2" -- sh -c 'grep -c ^processor /proc/cpuinfo'; show
+vm isolation "" -- sh -c 'uname -r; ls /proc | grep -c "^[0-9]"; test -e /vm/vmlinux && echo leak-l1-files; test -e /modules && echo leak-l1-modules; echo done'; show
+vm tty "" -t -- sh -c 'test -t 0 && test -t 1 && echo on-a-tty'; show
+vm stdin "" -i -- cat; show
+vm writable "" -- sh -c 'echo data > /newfile && cat /newfile && touch /bin/busybox && echo ok'; show
+vm panic "" -- sh -c 'echo c > /proc/sysrq-trigger; sleep 100'; show
+vm afterpanic "" -- echo still-fine; show
+"#;
+
+#[test]
+fn microvm_runs_containers_in_nested_kvm() {
+    let fx = match support::fixtures() {
+        Ok(f) => f,
+        Err(reason) => {
+            vessel_testkit::require!(false, "{reason}");
+            return;
+        }
+    };
+    let tmp = vessel_testkit::TempRoot::new("microvm-e2e");
+    let initrd = tmp.join("l1.cpio");
+    support::l1_initramfs(&fx, SCRIPT, &Vec::new(), &initrd).expect("L1 initramfs");
+    let console = support::boot_l1(&fx, &initrd, Duration::from_secs(900)).expect("L1 boot");
+    assert!(!console.contains("@@FATAL"), "{console}");
+    assert!(console.contains("@@DONE"), "L1 script did not finish:\n{console}");
+    let cases = parse(&console);
+    let case = |n: &str| cases.get(n).unwrap_or_else(|| panic!("case {n} missing:\n{console}"));
+    for (name, c) in &cases {
+        eprintln!("case {name}: exit {:?} in {:.2} s", c.exit, c.seconds.unwrap_or(f64::NAN));
+    }
+
+    let c = case("echo");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "hi\n"), "{c:?}");
+
+    let c = case("exit7");
+    assert_eq!(c.exit, Some(7), "{c:?}");
+
+    let c = case("big");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    assert_eq!(c.values.get("SIZE").map(String::as_str), Some("10485760"), "{c:?}");
+    assert_eq!(c.values.get("MD5"), c.values.get("WANT"), "{c:?}");
+
+    let c = case("process");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "box bar /tmp 1000:1000\n"), "{c:?}");
+
+    let c = case("memory");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    let kb: u64 = c
+        .out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{c:?}"));
+    assert!(kb <= 128 * 1024 && kb > 96 * 1024, "MemTotal {kb} kB for a 128 MiB VM");
+
+    let c = case("cpus");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "2\n"), "{c:?}");
+
+    let c = case("isolation");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    let lines: Vec<&str> = c.out.lines().collect();
+    assert!(lines[0].ends_with("-vessel"), "guest runs its own kernel: {c:?}");
+    let procs: u32 = lines[1].parse().unwrap_or(u32::MAX);
+    assert!(procs < 20, "the guest sees only its own processes: {c:?}");
+    assert_eq!(lines[2..], ["done"], "no L1 files visible: {c:?}");
+
+    let c = case("tty");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "on-a-tty\n"), "{c:?}");
+
+    let c = case("stdin");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "from stdin\n"), "{c:?}");
+
+    let c = case("writable");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "data\nok\n"), "{c:?}");
+
+    let c = case("panic");
+    assert_eq!(c.exit, Some(125), "a guest panic is an error, not an exit status: {c:?}");
+    assert!(c.err.contains("panic"), "{c:?}");
+
+    let c = case("afterpanic");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "still-fine\n"), "{c:?}");
+}
+
+#[test]
+fn console_markers_parse() {
+    let out = "noise\n@@CASE a\n@@EXIT 3\n@@TIME 1.5 2.0\n@@OUT\nx\n@@ERR\ny\n@@END\n@@SIZE 5\n@@CASE b\n@@EXIT 0\n";
+    let c = parse(out);
+    assert_eq!(c["a"].exit, Some(3));
+    assert_eq!((c["a"].out.as_str(), c["a"].err.as_str()), ("x\n", "y\n"));
+    assert_eq!(c["a"].values["SIZE"], "5");
+    assert_eq!(c["a"].seconds, Some(0.5));
+    assert_eq!(c["b"].exit, Some(0));
+}

@@ -1,0 +1,333 @@
+//! Fixtures for the nested end-to-end tests and the benchmark: the guest
+//! kernel, an L1 Linux with KVM modules, static monitor and agent binaries,
+//! a busybox layer image and the guest initramfs, all cached under
+//! `$CARGO_TARGET_DIR/fixtures/microvm`, and a way to boot an L1 guest
+//! under QEMU's TCG that runs a shell script and returns its console
+//! output.
+//!
+//! Why nested: this machine's /dev/kvm (PVM) cannot run a stock Linux
+//! guest, but QEMU's TCG emulates AMD SVM, so an L1 Linux with kvm-amd
+//! gives our monitor a real KVM to boot Linux on.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use vessel_vmm::initramfs::{self, Cpio};
+use vessel_vmm::layer::{ImageFormat, LayerImages};
+
+/// Everything an L1 boot needs.
+pub struct Fixtures {
+    pub guest_kernel: PathBuf,
+    pub l1_kernel: PathBuf,
+    pub l1_modules: Vec<PathBuf>,
+    pub vmm: PathBuf,
+    pub agent: PathBuf,
+    pub guest_initrd: PathBuf,
+    pub layer: PathBuf,
+    pub busybox: PathBuf,
+}
+
+fn dir() -> PathBuf {
+    let d = vessel_testkit::fixtures_dir().join("microvm");
+    std::fs::create_dir_all(&d).expect("create fixtures dir");
+    d
+}
+
+fn sh(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The guest kernel, built (once per machine) by guest/build-kernel.sh.
+pub fn guest_kernel() -> Result<PathBuf, String> {
+    let script = vessel_testkit::workspace_root().join("runtime/vmm/guest/build-kernel.sh");
+    let out = sh(Command::new(&script).stderr(Stdio::inherit()), "guest/build-kernel.sh")?;
+    let d = PathBuf::from(out.trim().lines().last().unwrap_or_default());
+    let k = d.join("vmlinux");
+    if !k.is_file() {
+        return Err(format!("guest/build-kernel.sh printed {} without a vmlinux", d.display()));
+    }
+    Ok(k)
+}
+
+/// Debian's cloud kernel and its kvm modules, for L1.
+pub fn l1_kernel() -> Result<(PathBuf, Vec<PathBuf>), String> {
+    let d = dir().join("l1-kernel");
+    let names = ["vmlinuz", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"];
+    let paths: Vec<PathBuf> = names.iter().map(|n| d.join(n)).collect();
+    vessel_testkit::with_lock(&dir().join("l1-kernel.lock"), || -> Result<(), String> {
+        if paths.iter().all(|p| p.is_file()) {
+            return Ok(());
+        }
+        let deps = sh(
+            Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
+            "apt-cache depends linux-image-cloud-amd64",
+        )?;
+        let pkg = deps
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: linux-image-"))
+            .map(|v| format!("linux-image-{v}"))
+            .ok_or("no linux-image dependency of linux-image-cloud-amd64")?;
+        let scratch = dir().join("l1-download");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+        sh(
+            Command::new("apt-get").arg("download").arg(&pkg).current_dir(&scratch),
+            &format!("apt-get download {pkg}"),
+        )?;
+        let deb = std::fs::read_dir(&scratch)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or("apt-get download produced no .deb")?;
+        let x = scratch.join("x");
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x), "dpkg-deb -x")?;
+        let find = |pat: &str| -> Result<PathBuf, String> {
+            let out = sh(Command::new("find").arg(&x).arg("-name").arg(pat), "find")?;
+            out.lines()
+                .next()
+                .map(PathBuf::from)
+                .ok_or(format!("{pat} not in {pkg}"))
+        };
+        let staging = dir().join("l1-kernel.tmp");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
+        for (name, pat) in names.iter().zip(["vmlinuz-*", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"]) {
+            std::fs::copy(find(pat)?, staging.join(name)).map_err(|e| e.to_string())?;
+        }
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::rename(&staging, &d).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(())
+    })?;
+    Ok((paths[0].clone(), paths[1..].to_vec()))
+}
+
+/// Static release builds of `vessel-vmm` and `vessel-agent` (glibc with
+/// crt-static), in their own target directory so this does not wait on the
+/// build lock of the test run itself.
+pub fn static_binaries() -> Result<(PathBuf, PathBuf), String> {
+    let target = dir().join("static-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    vessel_testkit::with_lock(&dir().join("static.lock"), || {
+        sh(
+            Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "--offline",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                    "-p",
+                    "vessel-vmm",
+                    "-p",
+                    "vessel-agent",
+                ])
+                .env("CARGO_TARGET_DIR", &target)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+                .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+                .current_dir(vessel_testkit::workspace_root())
+                .stderr(Stdio::inherit()),
+            "static build of vessel-vmm and vessel-agent",
+        )
+    })?;
+    let bin = target.join("x86_64-unknown-linux-gnu/release");
+    Ok((bin.join("vessel-vmm"), bin.join("vessel-agent")))
+}
+
+/// The busybox-static binary of the host.
+pub fn busybox() -> Result<PathBuf, String> {
+    let p = PathBuf::from("/bin/busybox");
+    if !p.is_file() {
+        return Err("needs busybox-static (apt-get install busybox-static)".into());
+    }
+    let ldd = Command::new("ldd").arg(&p).output().map_err(|e| e.to_string())?;
+    if ldd.status.success() {
+        return Err("/bin/busybox is dynamically linked; install busybox-static".into());
+    }
+    Ok(p)
+}
+
+/// An EROFS image of the busybox root filesystem.
+pub fn busybox_layer() -> Result<PathBuf, String> {
+    let images = LayerImages::new(&dir().join("layers"), ImageFormat::Erofs).map_err(|e| e.to_string())?;
+    // The key names content; the busybox binary's digest stands for the tree.
+    let digest = sh(Command::new("sha256sum").arg("/bin/busybox"), "sha256sum")?;
+    let key = format!("sha256:{}", &digest[..64]);
+    let path = images.path_for(&key).map_err(|e| e.to_string())?;
+    if path.exists() {
+        return Ok(path);
+    }
+    let root = vessel_testkit::TempRoot::new("microvm-layer");
+    vessel_testkit::busybox_rootfs(&root.join("rootfs"));
+    images
+        .get_or_build(&key, &root.join("rootfs"))
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// The guest initramfs with the agent as /init.
+pub fn guest_initrd(agent: &Path) -> Result<PathBuf, String> {
+    let out = dir().join("agent-initramfs.cpio");
+    let fresh = |o: &Path| -> bool {
+        let (Ok(a), Ok(b)) = (std::fs::metadata(agent), std::fs::metadata(o)) else {
+            return false;
+        };
+        matches!((a.modified(), b.modified()), (Ok(x), Ok(y)) if y >= x)
+    };
+    vessel_testkit::with_lock(&dir().join("initrd.lock"), || -> Result<PathBuf, String> {
+        if !fresh(&out) {
+            initramfs::write_agent_initramfs(agent, &out).map_err(|e| e.to_string())?;
+        }
+        Ok(out.clone())
+    })
+}
+
+/// Everything, or the reason it is not available here.
+pub fn fixtures() -> Result<Fixtures, String> {
+    if !vessel_testkit::have_command("qemu-system-x86_64") {
+        return Err("needs qemu-system-x86_64 (apt-get install qemu-system-x86)".into());
+    }
+    for tool in ["apt-get", "dpkg-deb", "mkfs.erofs"] {
+        if !vessel_testkit::have_command(tool) {
+            return Err(format!("needs {tool}"));
+        }
+    }
+    let busybox = busybox()?;
+    let guest_kernel = guest_kernel()?;
+    let (l1_kernel, l1_modules) = l1_kernel()?;
+    let (vmm, agent) = static_binaries()?;
+    let guest_initrd = guest_initrd(&agent)?;
+    let layer = busybox_layer()?;
+    Ok(Fixtures {
+        guest_kernel,
+        l1_kernel,
+        l1_modules,
+        vmm,
+        agent,
+        guest_initrd,
+        layer,
+        busybox,
+    })
+}
+
+/// Extra files for the L1 initramfs: (path inside L1, host source).
+pub type Extra = Vec<(String, PathBuf)>;
+
+/// Write the L1 initramfs: busybox with its applets, the KVM modules, our
+/// binaries under /bin, the guest kernel, initramfs and layer under /vm,
+/// `extra` files, and `script` as /init (after the common preamble that
+/// mounts the kernel filesystems and loads kvm-amd).
+pub fn l1_initramfs(fx: &Fixtures, script: &str, extra: &Extra, out: &Path) -> Result<(), String> {
+    let e = |e: initramfs::Error| e.to_string();
+    let file = std::fs::File::create(out).map_err(|e| e.to_string())?;
+    let mut c = Cpio::new(std::io::BufWriter::new(file));
+    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "vm", "modules", "etc"] {
+        c.dir(d, 0o755).map_err(e)?;
+    }
+    c.file_from("bin/busybox", 0o755, &fx.busybox).map_err(e)?;
+    let list = sh(Command::new(&fx.busybox).arg("--list-full"), "busybox --list-full")?;
+    for applet in list.lines() {
+        if applet == "bin/busybox" || applet.is_empty() {
+            continue;
+        }
+        let depth = applet.matches('/').count();
+        let target = format!("{}bin/busybox", "../".repeat(depth));
+        c.symlink(applet, &target).map_err(e)?;
+    }
+    c.file_from("bin/vessel-vmm", 0o755, &fx.vmm).map_err(e)?;
+    c.file_from("bin/vessel-agent", 0o755, &fx.agent).map_err(e)?;
+    for m in &fx.l1_modules {
+        let name = m.file_name().expect("module file name").to_string_lossy();
+        c.file_from(&format!("modules/{name}"), 0o644, m).map_err(e)?;
+    }
+    c.file_from("vm/vmlinux", 0o644, &fx.guest_kernel).map_err(e)?;
+    c.file_from("vm/initrd", 0o644, &fx.guest_initrd).map_err(e)?;
+    c.file_from("vm/layer.img", 0o644, &fx.layer).map_err(e)?;
+    for (name, src) in extra {
+        c.file_from(name, 0o755, src).map_err(e)?;
+    }
+    let init = format!("{PREAMBLE}\n{script}\necho @@DONE\npoweroff -f\n");
+    c.file("init", 0o755, init.as_bytes()).map_err(e)?;
+    c.finish().map_err(e)?;
+    Ok(())
+}
+
+const PREAMBLE: &str = r#"#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in irqbypass kvm kvm-amd; do insmod /modules/$m.ko || echo "@@FATAL insmod $m"; done
+[ -c /dev/kvm ] || { echo "@@FATAL no /dev/kvm in L1"; poweroff -f; }
+echo "@@L1UP $(cut -d' ' -f1 /proc/uptime)"
+now() { cut -d' ' -f1 /proc/uptime; }
+"#;
+
+/// The host's TSC rate in kHz (L1 needs it or marks its TSC unstable).
+fn tsc_khz() -> u64 {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cpu MHz").and_then(|r| r.split(':').nth(1)))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
+}
+
+/// Boot L1 with `initrd` under TCG and return its console output. A
+/// watchdog kills QEMU after `limit` so a hung guest cannot hang CI.
+pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, String> {
+    let append = format!(
+        "console=ttyS0 tsc_early_khz={} lpj=8000000 panic=-1 quiet loglevel=1",
+        tsc_khz()
+    );
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-M", "q35", "-cpu", "max,la57=off", "-m", "2048", "-smp", "2"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&fx.l1_kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting qemu: {e}"))?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        let _ = tx.send(());
+        s
+    });
+    let timed_out = rx.recv_timeout(limit).is_err();
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    if timed_out {
+        return Err(format!("L1 did not finish within {limit:?}; console:\n{out}"));
+    }
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(format!("qemu exited with {status}: {err}\nconsole:\n{out}"));
+    }
+    Ok(out)
+}

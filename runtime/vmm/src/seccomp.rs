@@ -61,6 +61,8 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_fcntl,
     libc::SYS_futex,
     libc::SYS_mmap,
+    // glibc grows per-thread malloc arenas with mprotect.
+    libc::SYS_mprotect,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,

@@ -169,7 +169,8 @@ fn run() -> anyhow::Result<ExitCode> {
         });
     }
     if let Some(path) = &args.channel_connect {
-        let stream = UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("connecting to {}", path.display()))?;
         config.channel = Some(ChannelConfig {
             name: args.channel_name.clone(),
             stream: stream.into(),

@@ -43,7 +43,10 @@ fn sh(cmd: &mut Command, what: &str) -> Result<String, String> {
     if !out.status.success() {
         return Err(format!(
             "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -52,11 +55,17 @@ fn sh(cmd: &mut Command, what: &str) -> Result<String, String> {
 /// The guest kernel, built (once per machine) by guest/build-kernel.sh.
 pub fn guest_kernel() -> Result<PathBuf, String> {
     let script = vessel_testkit::workspace_root().join("runtime/vmm/guest/build-kernel.sh");
-    let out = sh(Command::new(&script).stderr(Stdio::inherit()), "guest/build-kernel.sh")?;
+    let out = sh(
+        Command::new(&script).stderr(Stdio::inherit()),
+        "guest/build-kernel.sh",
+    )?;
     let d = PathBuf::from(out.trim().lines().last().unwrap_or_default());
     let k = d.join("vmlinux");
     if !k.is_file() {
-        return Err(format!("guest/build-kernel.sh printed {} without a vmlinux", d.display()));
+        return Err(format!(
+            "guest/build-kernel.sh printed {} without a vmlinux",
+            d.display()
+        ));
     }
     Ok(k)
 }
@@ -83,7 +92,10 @@ pub fn l1_kernel() -> Result<(PathBuf, Vec<PathBuf>), String> {
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
         sh(
-            Command::new("apt-get").arg("download").arg(&pkg).current_dir(&scratch),
+            Command::new("apt-get")
+                .arg("download")
+                .arg(&pkg)
+                .current_dir(&scratch),
             &format!("apt-get download {pkg}"),
         )?;
         let deb = std::fs::read_dir(&scratch)
@@ -93,7 +105,10 @@ pub fn l1_kernel() -> Result<(PathBuf, Vec<PathBuf>), String> {
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
             .ok_or("apt-get download produced no .deb")?;
         let x = scratch.join("x");
-        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x), "dpkg-deb -x")?;
+        sh(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+            "dpkg-deb -x",
+        )?;
         let find = |pat: &str| -> Result<PathBuf, String> {
             let out = sh(Command::new("find").arg(&x).arg("-name").arg(pat), "find")?;
             out.lines()
@@ -104,7 +119,10 @@ pub fn l1_kernel() -> Result<(PathBuf, Vec<PathBuf>), String> {
         let staging = dir().join("l1-kernel.tmp");
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
-        for (name, pat) in names.iter().zip(["vmlinuz-*", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"]) {
+        for (name, pat) in names
+            .iter()
+            .zip(["vmlinuz-*", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"])
+        {
             std::fs::copy(find(pat)?, staging.join(name)).map_err(|e| e.to_string())?;
         }
         let _ = std::fs::remove_dir_all(&d);
@@ -154,7 +172,10 @@ pub fn busybox() -> Result<PathBuf, String> {
     if !p.is_file() {
         return Err("needs busybox-static (apt-get install busybox-static)".into());
     }
-    let ldd = Command::new("ldd").arg(&p).output().map_err(|e| e.to_string())?;
+    let ldd = Command::new("ldd")
+        .arg(&p)
+        .output()
+        .map_err(|e| e.to_string())?;
     if ldd.status.success() {
         return Err("/bin/busybox is dynamically linked; install busybox-static".into());
     }
@@ -163,7 +184,8 @@ pub fn busybox() -> Result<PathBuf, String> {
 
 /// An EROFS image of the busybox root filesystem.
 pub fn busybox_layer() -> Result<PathBuf, String> {
-    let images = LayerImages::new(&dir().join("layers"), ImageFormat::Erofs).map_err(|e| e.to_string())?;
+    let images =
+        LayerImages::new(&dir().join("layers"), ImageFormat::Erofs).map_err(|e| e.to_string())?;
     // The key names content; the busybox binary's digest stands for the tree.
     let digest = sh(Command::new("sha256sum").arg("/bin/busybox"), "sha256sum")?;
     let key = format!("sha256:{}", &digest[..64]);
@@ -234,11 +256,17 @@ pub fn l1_initramfs(fx: &Fixtures, script: &str, extra: &Extra, out: &Path) -> R
     let e = |e: initramfs::Error| e.to_string();
     let file = std::fs::File::create(out).map_err(|e| e.to_string())?;
     let mut c = Cpio::new(std::io::BufWriter::new(file));
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "vm", "modules", "etc"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "vm",
+        "modules", "etc",
+    ] {
         c.dir(d, 0o755).map_err(e)?;
     }
     c.file_from("bin/busybox", 0o755, &fx.busybox).map_err(e)?;
-    let list = sh(Command::new(&fx.busybox).arg("--list-full"), "busybox --list-full")?;
+    let list = sh(
+        Command::new(&fx.busybox).arg("--list-full"),
+        "busybox --list-full",
+    )?;
     for applet in list.lines() {
         if applet == "bin/busybox" || applet.is_empty() {
             continue;
@@ -248,15 +276,38 @@ pub fn l1_initramfs(fx: &Fixtures, script: &str, extra: &Extra, out: &Path) -> R
         c.symlink(applet, &target).map_err(e)?;
     }
     c.file_from("bin/vessel-vmm", 0o755, &fx.vmm).map_err(e)?;
-    c.file_from("bin/vessel-agent", 0o755, &fx.agent).map_err(e)?;
+    c.file_from("bin/vessel-agent", 0o755, &fx.agent)
+        .map_err(e)?;
     for m in &fx.l1_modules {
         let name = m.file_name().expect("module file name").to_string_lossy();
-        c.file_from(&format!("modules/{name}"), 0o644, m).map_err(e)?;
+        c.file_from(&format!("modules/{name}"), 0o644, m)
+            .map_err(e)?;
     }
-    c.file_from("vm/vmlinux", 0o644, &fx.guest_kernel).map_err(e)?;
-    c.file_from("vm/initrd", 0o644, &fx.guest_initrd).map_err(e)?;
+    c.file_from("vm/vmlinux", 0o644, &fx.guest_kernel)
+        .map_err(e)?;
+    c.file_from("vm/initrd", 0o644, &fx.guest_initrd)
+        .map_err(e)?;
     c.file_from("vm/layer.img", 0o644, &fx.layer).map_err(e)?;
+    let mut made: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for (name, src) in extra {
+        let name = name.trim_start_matches('/');
+        // Parents must come before their entries in the archive.
+        let mut parent = String::new();
+        for part in name
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, p)| p)
+        {
+            parent = if parent.is_empty() {
+                (*part).to_string()
+            } else {
+                format!("{parent}/{part}")
+            };
+            if made.insert(parent.clone()) {
+                c.dir(&parent, 0o755).map_err(e)?;
+            }
+        }
         c.file_from(name, 0o755, src).map_err(e)?;
     }
     let init = format!("{PREAMBLE}\n{script}\necho @@DONE\npoweroff -f\n");
@@ -292,8 +343,27 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
         tsc_khz()
     );
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-M", "q35", "-cpu", "max,la57=off", "-m", "2048", "-smp", "2"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args([
+            "-accel",
+            "tcg",
+            "-M",
+            "q35",
+            "-cpu",
+            "max,la57=off",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&fx.l1_kernel)
         .arg("-initrd")
@@ -320,7 +390,9 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
     let status = child.wait().map_err(|e| e.to_string())?;
     let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
     if timed_out {
-        return Err(format!("L1 did not finish within {limit:?}; console:\n{out}"));
+        return Err(format!(
+            "L1 did not finish within {limit:?}; console:\n{out}"
+        ));
     }
     if !status.success() {
         let mut err = String::new();

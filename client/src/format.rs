@@ -24,7 +24,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// tab-terminated cell plus 3, and at least 10; the last cell of a line is
 /// not padded.
 pub fn tabwrite(text: &str) -> String {
-    const MIN: usize = 10;
+    tabwrite_min(text, 10)
+}
+
+/// [`tabwrite`] with another minimum column width (`top` uses 20).
+pub fn tabwrite_min(text: &str, min: usize) -> String {
     const PAD: usize = 3;
     let lines: Vec<Vec<&str>> = text.split('\n').map(|l| l.split('\t').collect()).collect();
     let mut out = String::with_capacity(text.len() * 2);
@@ -37,7 +41,7 @@ pub fn tabwrite(text: &str) -> String {
         while i < lines.len() {
             if lines[i].len() > col + 1 {
                 let start = i;
-                let mut w = MIN;
+                let mut w = min;
                 while i < lines.len() && lines[i].len() > col + 1 {
                     w = w.max(lines[i][col].chars().count() + PAD);
                     i += 1;
@@ -54,7 +58,7 @@ pub fn tabwrite(text: &str) -> String {
         for (ci, cell) in cells.iter().enumerate() {
             out.push_str(cell);
             if ci + 1 < cells.len() {
-                let w = widths[li].get(ci).copied().unwrap_or(MIN);
+                let w = widths[li].get(ci).copied().unwrap_or(min);
                 let n = cell.chars().count();
                 out.push_str(&" ".repeat(w.saturating_sub(n)));
             }

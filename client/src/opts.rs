@@ -418,13 +418,15 @@ pub fn env_value(s: &str, env: &dyn EnvLookup) -> String {
     }
 }
 
-/// Labels from files and flags, as a map (`k` alone means an empty value).
+/// Labels from files and flags, as a map (`-l k` alone means an empty
+/// value; a file line without `=` is left out, as docker does).
 pub fn parse_labels(files: &[PathBuf], flags: &[String]) -> Result<Map<String, Value>> {
     let mut lines = Vec::new();
     for f in files {
         for l in read_file(f)?.lines() {
             let t = l.trim_start();
-            if !t.is_empty() && !t.starts_with('#') {
+            // docker drops file lines without a value (flags keep them).
+            if !t.is_empty() && !t.starts_with('#') && t.contains('=') {
                 lines.push(t.to_string());
             }
         }
@@ -944,6 +946,24 @@ pub fn parse_volume(spec: &str) -> Result<VolumeSpec> {
     }
 }
 
+/// Capabilities as docker sends them: upper case with a `CAP_` prefix
+/// (`ALL` stays as it is), duplicates dropped.
+pub fn normalize_caps(caps: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in caps {
+        let up = c.trim().to_uppercase();
+        let n = if up == "ALL" || up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        };
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
 /// `--add-host host:ip` (also `host=ip`), checked.
 pub fn parse_add_host(s: &str) -> Result<String> {
     let (host, ip) = match s.split_once('=') {
@@ -1260,18 +1280,16 @@ pub fn build_create(
         };
         set(&mut hc, "MemorySwap", json!(v));
     }
-    if let Some(s) = o.memory_swappiness {
-        if s != -1 {
-            if !(0..=100).contains(&s) {
-                return Err(invalid(
-                    "memory-swappiness",
-                    &s.to_string(),
-                    "valid memory swappiness range is 0-100",
-                ));
-            }
-            set(&mut hc, "MemorySwappiness", json!(s));
-        }
+    // -1 means "not set"; docker always sends it.
+    let swappiness = o.memory_swappiness.unwrap_or(-1);
+    if swappiness != -1 && !(0..=100).contains(&swappiness) {
+        return Err(invalid(
+            "memory-swappiness",
+            &swappiness.to_string(),
+            "valid memory swappiness range is 0-100",
+        ));
     }
+    set(&mut hc, "MemorySwappiness", json!(swappiness));
     if let Some(m) = mem("shm-size", &o.shm_size)? {
         set(&mut hc, "ShmSize", json!(m));
     }
@@ -1401,10 +1419,10 @@ pub fn build_create(
         set(&mut hc, "Init", json!(i));
     }
     if !o.cap_add.is_empty() {
-        set(&mut hc, "CapAdd", strings(&o.cap_add));
+        set(&mut hc, "CapAdd", strings(&normalize_caps(&o.cap_add)));
     }
     if !o.cap_drop.is_empty() {
-        set(&mut hc, "CapDrop", strings(&o.cap_drop));
+        set(&mut hc, "CapDrop", strings(&normalize_caps(&o.cap_drop)));
     }
     if !o.security_opt.is_empty() {
         set(
@@ -1475,9 +1493,12 @@ pub fn build_create(
             .collect();
         set(&mut hc, "Links", strings(&links));
     }
-    if let Some(r) = &o.restart {
-        set(&mut hc, "RestartPolicy", parse_restart(r)?);
-    }
+    // docker always sends a policy ("no" by default).
+    set(
+        &mut hc,
+        "RestartPolicy",
+        parse_restart(o.restart.as_deref().unwrap_or("no"))?,
+    );
     if o.log_driver.is_some() || !o.log_opt.is_empty() {
         set(
             &mut hc,
@@ -1496,7 +1517,13 @@ pub fn build_create(
     let mut endpoints = Map::new();
     let user_net = !matches!(network.as_str(), "default" | "bridge" | "host" | "none")
         && !network.starts_with("container:");
-    for (i, n) in o.network.iter().enumerate() {
+    // docker sends an endpoint for every network, the default one included.
+    let networks = if o.network.is_empty() {
+        vec![network.clone()]
+    } else {
+        o.network.clone()
+    };
+    for (i, n) in networks.iter().enumerate() {
         let mut ep = Map::new();
         if i == 0 {
             if !o.network_alias.is_empty() {
@@ -1519,9 +1546,7 @@ pub fn build_create(
                 set(&mut ep, "IPAMConfig", Value::Object(ipam));
             }
         }
-        if i > 0 || !ep.is_empty() {
-            endpoints.insert(n.clone(), Value::Object(ep));
-        }
+        endpoints.insert(n.clone(), Value::Object(ep));
     }
     if o.network.is_empty() && !o.network_alias.is_empty() {
         return Err(Error::Conflict(
@@ -1545,18 +1570,36 @@ pub fn build_create(
 /// recursively: the form in which two create bodies are compared, since
 /// the daemon treats an absent field and its zero value alike.
 pub fn normalize(v: &Value) -> Value {
+    normalize_in(v, false)
+}
+
+/// Maps whose keys carry meaning even when their values are empty
+/// (`"Volumes": {"/data": {}}`, `"Tmpfs": {"/run": ""}`).
+const KEYED_MAPS: &[&str] = &[
+    "Volumes",
+    "ExposedPorts",
+    "Tmpfs",
+    "Labels",
+    "Sysctls",
+    "StorageOpt",
+    "DriverOpts",
+    "Options",
+    "Config",
+];
+
+fn normalize_in(v: &Value, keep_all: bool) -> Value {
     match v {
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, x) in m {
-                let n = normalize(x);
-                if !is_zero(&n) {
+                let n = normalize_in(x, KEYED_MAPS.contains(&k.as_str()));
+                if keep_all || !is_zero(&n) {
                     out.insert(k.clone(), n);
                 }
             }
             Value::Object(out)
         }
-        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| normalize_in(x, false)).collect()),
         other => other.clone(),
     }
 }

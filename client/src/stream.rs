@@ -177,6 +177,62 @@ impl DetachMatcher {
     }
 }
 
+/// Standard output or error as an `AsyncWrite` that writes straight
+/// through (blocking, as a terminal write is), so output from the two
+/// streams appears in the order the container wrote it and is complete
+/// when the command exits.
+pub struct StdWriter {
+    err: bool,
+}
+
+impl StdWriter {
+    /// Standard output.
+    pub fn stdout() -> StdWriter {
+        StdWriter { err: false }
+    }
+
+    /// Standard error.
+    pub fn stderr() -> StdWriter {
+        StdWriter { err: true }
+    }
+}
+
+impl AsyncWrite for StdWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::io::Write;
+        let r = if self.err {
+            std::io::stderr().write_all(buf)
+        } else {
+            std::io::stdout().write_all(buf)
+        };
+        std::task::Poll::Ready(r.map(|()| buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::io::Write;
+        let r = if self.err {
+            std::io::stderr().flush()
+        } else {
+            std::io::stdout().flush()
+        };
+        std::task::Poll::Ready(r)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
 /// How an attach session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachEnd {
@@ -226,8 +282,8 @@ where
         None
     };
     let output = async move {
-        let mut out = tokio::io::stdout();
-        let mut err = tokio::io::stderr();
+        let mut out = StdWriter::stdout();
+        let mut err = StdWriter::stderr();
         if tty {
             copy_flushing(rd, &mut out).await
         } else {

@@ -745,8 +745,8 @@ pub async fn logs(ctx: &Ctx, a: &LogsArgs) -> Result<i32> {
         )
         .await?;
     let reader = body_reader(resp);
-    let mut o = tokio::io::stdout();
-    let mut e = tokio::io::stderr();
+    let mut o = stream::StdWriter::stdout();
+    let mut e = stream::StdWriter::stderr();
     if tty {
         let mut r = reader;
         tokio::io::copy(&mut r, &mut o)
@@ -871,17 +871,10 @@ pub fn ps_row(c: &Value, trunc: bool) -> Value {
         command.to_string()
     };
     let created = c["Created"].as_i64().unwrap_or(0);
-    let size = match (
-        c.get("SizeRw").and_then(Value::as_f64),
-        c.get("SizeRootFs").and_then(Value::as_f64),
-    ) {
-        (Some(rw), Some(root)) => format!(
-            "{} (virtual {})",
-            units::human_size_prec(rw, 3),
-            units::human_size_prec(root, 3)
-        ),
-        (Some(rw), None) => units::human_size_prec(rw, 3),
-        _ => String::new(),
+    let rw = units::human_size_prec(c.get("SizeRw").and_then(Value::as_f64).unwrap_or(0.0), 3);
+    let size = match c.get("SizeRootFs").and_then(Value::as_f64) {
+        Some(root) if root > 0.0 => format!("{rw} (virtual {})", units::human_size_prec(root, 3)),
+        _ => rw,
     };
     let mounts: Vec<String> = c["Mounts"]
         .as_array()
@@ -927,6 +920,7 @@ pub fn ps_row(c: &Value, trunc: bool) -> Value {
         "Mounts": mounts.join(","),
         "Networks": networks.join(","),
         "LocalVolumes": local_volumes.to_string(),
+        "Platform": Value::Null,
     })
 }
 
@@ -979,7 +973,7 @@ pub async fn ps(ctx: &Ctx, a: &PsArgs) -> Result<i32> {
     } else {
         PS_TABLE.to_string()
     };
-    let rows: Vec<Value> = if format == "json" || format.contains("json .") {
+    let rows: Vec<Value> = if format == "json" || format.contains("{{json .}}") {
         rows.into_iter().map(strip_method_fields).collect()
     } else {
         rows
@@ -1289,7 +1283,7 @@ pub async fn top(ctx: &Ctx, a: &TopArgs) -> Result<i32> {
         text.push_str(&cells.join("\t"));
         text.push('\n');
     }
-    out(&format::tabwrite(&text));
+    out(&format::tabwrite_min(&text, 20));
     Ok(0)
 }
 
@@ -1546,7 +1540,7 @@ pub async fn save_body(
                     "cowardly refusing to save to a terminal. Use the -o flag or redirect",
                 ));
             }
-            let mut o = tokio::io::stdout();
+            let mut o = stream::StdWriter::stdout();
             tokio::io::copy(&mut r, &mut o)
                 .await
                 .map_err(stream::Error::from)?;

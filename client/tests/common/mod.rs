@@ -1,0 +1,369 @@
+//! Shared helpers for the end-to-end tests: a daemon to talk to, running
+//! the `vessel` binary against it, the busybox image, and a recording
+//! proxy in front of a daemon socket.
+//!
+//! Which daemon: `VESSEL_CLI_TEST_SOCK=/path/to.sock` uses a running
+//! Docker-compatible daemon (vesseld or dockerd) and leaves it running;
+//! `VESSEL_CLI_TEST_DOCKERD=1` starts a private dockerd per test on a
+//! temporary root (no bridge, no iptables) and stops and removes it after.
+//! Without either the tests are opt-in and print why they did nothing.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use vessel_testkit::TempRoot;
+
+/// A daemon for one test.
+pub struct Daemon {
+    pub sock: PathBuf,
+    /// Client configuration directory (DOCKER_CONFIG) private to the test.
+    pub config: TempRoot,
+    dockerd: Option<Child>,
+    root: Option<TempRoot>,
+}
+
+impl Daemon {
+    /// `unix://` host string.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    /// Whether this is a dockerd the test started.
+    pub fn is_private_dockerd(&self) -> bool {
+        self.dockerd.is_some()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.dockerd.take() {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our
+            // own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+        // TempRoot unmounts what dockerd left below its root and removes it.
+        self.root.take();
+    }
+}
+
+/// The daemon for `test`, or `None` (with a message) when the end-to-end
+/// tests were not asked for. A request for a private dockerd that cannot
+/// be met is a skip through the harness (a failure under
+/// `VESSEL_REQUIRE_PRIVILEGED=1`).
+pub fn daemon(test: &str) -> Option<Daemon> {
+    if let Some(sock) = std::env::var_os("VESSEL_CLI_TEST_SOCK").filter(|s| !s.is_empty()) {
+        return Some(Daemon {
+            sock: PathBuf::from(sock),
+            config: TempRoot::new("cli-config"),
+            dockerd: None,
+            root: None,
+        });
+    }
+    if std::env::var("VESSEL_CLI_TEST_DOCKERD").as_deref() != Ok("1") {
+        eprintln!(
+            "SKIP {test}: end-to-end CLI tests are opt-in: set VESSEL_CLI_TEST_DOCKERD=1 (private dockerd) \
+             or VESSEL_CLI_TEST_SOCK=/path/to/daemon.sock"
+        );
+        return None;
+    }
+    if !vessel_testkit::is_root() {
+        vessel_testkit::skip(test, "a private dockerd needs root");
+        return None;
+    }
+    if !vessel_testkit::have_command("dockerd") {
+        vessel_testkit::skip(test, "dockerd is not installed (apt-get install docker.io)");
+        return None;
+    }
+    Some(start_dockerd())
+}
+
+fn start_dockerd() -> Daemon {
+    let root = TempRoot::new("cli-dockerd");
+    let sock = root.join("docker.sock");
+    let mut child = Command::new("dockerd")
+        .arg("--data-root")
+        .arg(root.join("data"))
+        .arg("--exec-root")
+        .arg(root.join("exec"))
+        .arg("--pidfile")
+        .arg(root.join("dockerd.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args([
+            "--storage-driver=overlay2",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dockerd");
+    // Wait for "API listen on" in its log rather than polling the socket.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr);
+    let mut log = std::fs::File::create(root.join("dockerd.log")).expect("create dockerd.log");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = lines.read_line(&mut line).expect("read dockerd log");
+        if n == 0 {
+            let _ = child.wait();
+            panic!(
+                "dockerd exited before listening; log: {}",
+                std::fs::read_to_string(root.join("dockerd.log")).unwrap_or_default()
+            );
+        }
+        let _ = log.write_all(line.as_bytes());
+        if line.contains("API listen on") {
+            break;
+        }
+    }
+    // Keep draining the log so dockerd never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = lines.read(&mut buf) {
+            if n == 0 || log.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    Daemon {
+        sock,
+        config: TempRoot::new("cli-config"),
+        dockerd: Some(child),
+        root: Some(root),
+    }
+}
+
+/// The `vessel` binary built for these tests.
+pub fn vessel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vessel"))
+}
+
+/// A `vessel` command aimed at `d`, with a private config directory.
+pub fn vessel_cmd(d: &Daemon, args: &[&str]) -> Command {
+    let mut c = Command::new(vessel_bin());
+    c.env("DOCKER_HOST", d.host())
+        .env_remove("VESSEL_HOST")
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_API_VERSION")
+        .env("DOCKER_CONFIG", d.config.path())
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Run `vessel ARGS`; returns the output.
+pub fn vessel(d: &Daemon, args: &[&str]) -> Output {
+    vessel_cmd(d, args).output().expect("run vessel")
+}
+
+/// Run `vessel ARGS` and require success; returns stdout.
+#[track_caller]
+pub fn ok(d: &Daemon, args: &[&str]) -> String {
+    let o = vessel(d, args);
+    assert!(
+        o.status.success(),
+        "vessel {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stdout of an output, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr of an output, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The offline busybox image archive (built once per target directory).
+pub fn busybox_tar() -> PathBuf {
+    let dir = vessel_testkit::fixtures_dir();
+    let tar = dir.join("busybox-image.tar");
+    vessel_testkit::with_lock(&dir.join("busybox-image.lock"), || {
+        if !tar.exists() {
+            let tmp = dir.join(format!("busybox-image.tar.{}", std::process::id()));
+            let st =
+                Command::new(vessel_testkit::workspace_root().join("scripts/busybox-image.sh"))
+                    .arg(&tmp)
+                    .stdout(Stdio::null())
+                    .status()
+                    .expect("run scripts/busybox-image.sh");
+            assert!(st.success(), "scripts/busybox-image.sh failed");
+            std::fs::rename(&tmp, &tar).expect("publish busybox image fixture");
+        }
+    });
+    tar
+}
+
+/// Make sure `busybox:latest` is in the daemon's store.
+pub fn load_busybox(d: &Daemon) {
+    let tar = busybox_tar();
+    ok(d, &["load", "-q", "-i", tar.to_str().expect("utf-8 path")]);
+}
+
+/// Removes containers (by name) when dropped, so a failing test does not
+/// leave them on a shared daemon.
+pub struct Cleanup<'a> {
+    pub d: &'a Daemon,
+    pub containers: Vec<String>,
+    pub images: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl<'a> Cleanup<'a> {
+    pub fn new(d: &'a Daemon) -> Cleanup<'a> {
+        Cleanup {
+            d,
+            containers: Vec::new(),
+            images: Vec::new(),
+            volumes: Vec::new(),
+        }
+    }
+
+    /// A unique container name, removed at the end.
+    pub fn name(&mut self, prefix: &str) -> String {
+        let n = vessel_testkit::unique_name(prefix);
+        self.containers.push(n.clone());
+        n
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = vessel(self.d, &["rm", "-f", c]);
+        }
+        for i in &self.images {
+            let _ = vessel(self.d, &["rmi", "-f", i]);
+        }
+        for v in &self.volumes {
+            let _ = vessel(self.d, &["volume", "rm", "-f", v]);
+        }
+    }
+}
+
+/// A unix-socket proxy that forwards to `upstream` and records every byte
+/// clients send, to see exactly what a client put on the wire.
+pub struct RecordingProxy {
+    pub sock: PathBuf,
+    /// One buffer per connection, appended to before forwarding, so a
+    /// request is recorded before the daemon can answer it.
+    recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+}
+
+impl RecordingProxy {
+    /// Listen on `sock` and forward each connection to `upstream`.
+    pub fn start(sock: &Path, upstream: &Path) -> RecordingProxy {
+        let listener = UnixListener::bind(sock).expect("bind proxy socket");
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let rec = recorded.clone();
+        let upstream = upstream.to_path_buf();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { break };
+                let Ok(server) = UnixStream::connect(&upstream) else {
+                    continue;
+                };
+                let mine = Arc::new(Mutex::new(Vec::new()));
+                rec.lock().expect("record lock").push(mine.clone());
+                let (mut c_read, mut s_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    loop {
+                        match c_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                mine.lock()
+                                    .expect("record lock")
+                                    .extend_from_slice(&buf[..n]);
+                                if s_write.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        RecordingProxy {
+            sock: sock.to_path_buf(),
+            recorded,
+        }
+    }
+
+    /// Forget what was recorded.
+    pub fn clear(&self) {
+        self.recorded.lock().expect("record lock").clear();
+    }
+
+    /// Bodies of recorded requests whose request line contains `needle`.
+    pub fn bodies(&self, needle: &str) -> Vec<(String, Vec<u8>)> {
+        let conns: Vec<Vec<u8>> = self
+            .recorded
+            .lock()
+            .expect("record lock")
+            .iter()
+            .map(|c| c.lock().expect("record lock").clone())
+            .collect();
+        let mut out = Vec::new();
+        for data in &conns {
+            parse_requests(data, needle, &mut out);
+        }
+        out
+    }
+}
+
+fn parse_requests(data: &[u8], needle: &str, out: &mut Vec<(String, Vec<u8>)>) {
+    {
+        let mut rest = data;
+        while let Some(end) = find(rest, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let body_start = end + 4;
+            let body_end = (body_start + len).min(rest.len());
+            let line = head.lines().next().unwrap_or("").to_string();
+            if line.contains(needle) {
+                out.push((line, rest[body_start..body_end].to_vec()));
+            }
+            rest = &rest[body_end..];
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

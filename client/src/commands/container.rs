@@ -181,7 +181,7 @@ pub fn start_error_code(message: &str) -> i32 {
 pub async fn create(ctx: &Ctx, a: &CreateArgs) -> Result<i32> {
     let (image, args) = split_image(&a.image_and_args);
     let mut req = opts::build_create(&a.opts, &image, &args, false, &ProcessEnv)
-        .map_err(|e| Error::from(e).with_code(125))?;
+        .map_err(|e| Error::from(e).run_failure())?;
     if a.opts.tty {
         if let Some((h, w)) = term::terminal_size() {
             req.body["HostConfig"]["ConsoleSize"] = json!([h, w]);
@@ -189,7 +189,7 @@ pub async fn create(ctx: &Ctx, a: &CreateArgs) -> Result<i32> {
     }
     let id = create_container(ctx, &a.opts, &req, &image)
         .await
-        .map_err(|e| e.with_code(125))?;
+        .map_err(|e| e.run_failure())?;
     println!("{id}");
     Ok(0)
 }
@@ -199,7 +199,7 @@ pub async fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     let (image, args) = split_image(&a.image_and_args);
     let o = &a.opts;
     let mut req = opts::build_create(o, &image, &args, a.detach, &ProcessEnv)
-        .map_err(|e| Error::from(e).with_code(125))?;
+        .map_err(|e| Error::from(e).run_failure())?;
     let attach_stdin = req.body["AttachStdin"].as_bool().unwrap_or(false);
     let attach_stdout = req.body["AttachStdout"].as_bool().unwrap_or(false);
     let attach_stderr = req.body["AttachStderr"].as_bool().unwrap_or(false);
@@ -216,7 +216,7 @@ pub async fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     }
     let id = create_container(ctx, o, &req, &image)
         .await
-        .map_err(|e| e.with_code(125))?;
+        .map_err(|e| e.run_failure())?;
     let c = cpath(&id);
     if a.detach {
         if let Err(e) = ctx.client.post_empty(&format!("{c}/start")).await {
@@ -247,7 +247,7 @@ pub async fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         .client
         .upgrade(&format!("{c}/attach{}", query(&q)), None)
         .await
-        .map_err(|e| Error::from(e).with_code(125))?;
+        .map_err(|e| Error::from(e).run_failure())?;
     // Register the wait before starting so a fast exit is not missed.
     let auto_remove = o.rm == Some(true);
     let condition = if auto_remove { "removed" } else { "next-exit" };
@@ -260,7 +260,7 @@ pub async fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
             api::empty(),
         )
         .await
-        .map_err(|e| Error::from(e).with_code(125))?;
+        .map_err(|e| Error::from(e).run_failure())?;
     if let Err(e) = ctx.client.post_empty(&format!("{c}/start")).await {
         let m = e.to_string();
         if auto_remove {
@@ -306,7 +306,7 @@ pub async fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
         .client
         .bytes_of(wait_resp)
         .await
-        .map_err(|e| Error::from(e).with_code(125))?;
+        .map_err(|e| Error::from(e).run_failure())?;
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if let Some(m) = v
         .get("Error")

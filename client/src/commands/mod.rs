@@ -64,6 +64,19 @@ impl Error {
         }
     }
 
+    /// A `run`/`create` failure: status 125 and docker's `docker: ` style
+    /// prefix.
+    #[must_use]
+    pub fn run_failure(self) -> Error {
+        match self {
+            Error::Status { .. } => self,
+            other => Error::Status {
+                code: 125,
+                message: format!("vessel: {}", error_chain(&other)),
+            },
+        }
+    }
+
     /// Wrap with an exit status (keeps the message).
     #[must_use]
     pub fn with_code(self, code: i32) -> Error {

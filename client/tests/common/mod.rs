@@ -260,13 +260,16 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// Bytes one client connection sent.
+type Connection = Arc<Mutex<Vec<u8>>>;
+
 /// A unix-socket proxy that forwards to `upstream` and records every byte
 /// clients send, to see exactly what a client put on the wire.
 pub struct RecordingProxy {
     pub sock: PathBuf,
     /// One buffer per connection, appended to before forwarding, so a
     /// request is recorded before the daemon can answer it.
-    recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    recorded: Arc<Mutex<Vec<Connection>>>,
 }
 
 impl RecordingProxy {
@@ -290,7 +293,7 @@ impl RecordingProxy {
                 );
                 let (mut s_read, mut c_write) = (server, client);
                 std::thread::spawn(move || {
-                    let mut buf = [0u8; 65536];
+                    let mut buf = vec![0u8; 65536];
                     loop {
                         match c_read.read(&mut buf) {
                             Ok(0) | Err(_) => break,

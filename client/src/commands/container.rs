@@ -189,7 +189,7 @@ pub async fn create(ctx: &Ctx, a: &CreateArgs) -> Result<i32> {
     }
     let id = create_container(ctx, &a.opts, &req, &image)
         .await
-        .map_err(|e| e.run_failure())?;
+        .map_err(Error::run_failure)?;
     println!("{id}");
     Ok(0)
 }
@@ -216,7 +216,7 @@ pub async fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     }
     let id = create_container(ctx, o, &req, &image)
         .await
-        .map_err(|e| e.run_failure())?;
+        .map_err(Error::run_failure)?;
     let c = cpath(&id);
     if a.detach {
         if let Err(e) = ctx.client.post_empty(&format!("{c}/start")).await {

@@ -3,6 +3,9 @@
 //! recording proxy; the bodies are compared after dropping zero values
 //! (the daemon treats an absent field and its zero value alike).
 
+// Short names (d: daemon, o: output, c: cleanup) keep the scenarios readable.
+#![allow(clippy::many_single_char_names)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -2,6 +2,9 @@
 //! `common::daemon` for which one). Container lifecycle, stdio, exit codes,
 //! exec, logs, inspect, copy, export and commit.
 
+// Short names (d: daemon, o: output, c: cleanup) keep the scenarios readable.
+#![allow(clippy::many_single_char_names)]
+
 mod common;
 
 use std::io::Write;

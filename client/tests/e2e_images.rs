@@ -2,6 +2,9 @@
 //! build with .dockerignore), volumes, networks listing, contexts and
 //! hosts.
 
+// Short names (d: daemon, o: output, c: cleanup) keep the scenarios readable.
+#![allow(clippy::many_single_char_names)]
+
 mod common;
 
 use common::{Cleanup, load_busybox, ok, stderr, stdout, vessel, vessel_cmd};

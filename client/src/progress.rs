@@ -69,13 +69,26 @@ fn line_style() -> ProgressStyle {
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
-/// Show a JSON message stream until it ends. An `error` message ends it
-/// with [`Error::Remote`].
+/// Show a JSON message stream on stdout until it ends. An `error` message
+/// ends it with [`Error::Remote`].
 pub async fn show(stream: &mut JsonStream, mode: Mode) -> Result<Outcome> {
-    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+    show_on(stream, mode, false).await
+}
+
+/// [`show`] on stderr when `to_stderr` (as `run` shows its pull).
+pub async fn show_on(stream: &mut JsonStream, mode: Mode, to_stderr: bool) -> Result<Outcome> {
+    let multi = MultiProgress::with_draw_target(if to_stderr {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::stdout()
+    });
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
     let mut out = Outcome::default();
-    let mut stdout = std::io::stdout();
+    let mut stdout: Box<dyn std::io::Write> = if to_stderr {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
     while let Some(msg) = stream.next().await? {
         if let Some(e) = msg.get("errorDetail").filter(|e| !e.is_null()) {
             for b in bars.values() {

@@ -75,7 +75,8 @@ async fn create_container(
     };
     match o.pull.as_str() {
         "always" => {
-            super::pull_image(ctx, image, req.platform.as_deref(), pull_mode, false).await?;
+            super::pull_image_on(ctx, image, req.platform.as_deref(), pull_mode, false, true)
+                .await?;
         }
         "missing" | "never" => {}
         other => {
@@ -115,7 +116,8 @@ async fn create_container(
                 "Unable to find image '{}' locally",
                 super::with_default_tag(image)
             );
-            super::pull_image(ctx, image, req.platform.as_deref(), pull_mode, false).await?;
+            super::pull_image_on(ctx, image, req.platform.as_deref(), pull_mode, false, true)
+                .await?;
             ctx.client
                 .post_json(&path, &req.body, HeaderMap::new())
                 .await
@@ -155,7 +157,7 @@ async fn create_container(
 
 fn progress_mode_stderr() -> progress::Mode {
     // docker writes run's pull progress to stderr; bars need a terminal.
-    if term::stderr_is_tty() && term::stdout_is_tty() {
+    if term::stderr_is_tty() {
         progress::Mode::Bars
     } else {
         progress::Mode::Plain

@@ -182,13 +182,26 @@ pub fn with_default_tag(image: &str) -> String {
     }
 }
 
-/// Pull an image, showing progress (on stdout, or stderr for `run`).
+/// Pull an image, showing progress on stdout (`pull`).
 pub async fn pull_image(
     ctx: &Ctx,
     image: &str,
     platform: Option<&str>,
     mode: progress::Mode,
     all_tags: bool,
+) -> Result<()> {
+    pull_image_on(ctx, image, platform, mode, all_tags, false).await
+}
+
+/// Pull an image, showing progress on stdout or on stderr (`run` and
+/// `create` keep stdout for the container).
+pub async fn pull_image_on(
+    ctx: &Ctx,
+    image: &str,
+    platform: Option<&str>,
+    mode: progress::Mode,
+    all_tags: bool,
+    to_stderr: bool,
 ) -> Result<()> {
     let (name, tag) = split_ref(image);
     let mut q = vec![("fromImage", name)];
@@ -209,7 +222,7 @@ pub async fn pull_image(
         )
         .await?;
     let mut s = JsonStream::new(resp);
-    progress::show(&mut s, mode).await?;
+    progress::show_on(&mut s, mode, to_stderr).await?;
     Ok(())
 }
 

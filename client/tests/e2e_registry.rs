@@ -43,7 +43,8 @@ fn start_registry(user: &str, password: &str) -> Registry {
         .output()
         .expect("run python3 for a bcrypt hash");
     let hash = String::from_utf8(hash.stdout).expect("utf-8 hash");
-    std::fs::write(root.join("htpasswd"), format!("{user}:{}\n", hash.trim())).unwrap();
+    std::fs::write(root.join("htpasswd"), format!("{user}:{}\n", hash.trim()))
+        .expect("write htpasswd");
     let addr = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         root.join("config.yml"),
@@ -53,7 +54,7 @@ fn start_registry(user: &str, password: &str) -> Registry {
             root.join("htpasswd").display()
         ),
     )
-    .unwrap();
+    .expect("write registry config");
     let mut child = Command::new("docker-registry")
         .arg("serve")
         .arg(root.join("config.yml"))

@@ -63,13 +63,15 @@ fn create_bodies_match_the_docker_cli() {
     let proxy = common::RecordingProxy::start(&tmp.join("proxy.sock"), &d.sock);
     let host = format!("unix://{}", proxy.sock.display());
 
+    let named = vessel_testkit::unique_name("parity-vol");
+    let named2 = vessel_testkit::unique_name("parity-vol");
     let cases: Vec<Vec<String>> = [
         "busybox true",
         "-t -i busybox sh",
         "-a stdout -a stderr busybox echo hi",
         "-e A=1 -e UNSET_IN_ENV --env-file ENVFILE -l a=b --label-file LABELFILE -w /tmp -u 1000:1000 --hostname h --domainname d.example --entrypoint /bin/sh busybox -c true",
         "-p 8080:80 -p 127.0.0.1::53/udp -p 9000-9001:90-91 -p 7000 --expose 7100-7101 -P busybox true",
-        "-v /tmp:/data:ro -v /anon -v namedvol:/named --mount type=bind,src=/tmp,dst=/m,readonly --mount type=tmpfs,dst=/t,tmpfs-size=64m,tmpfs-mode=1777 --mount type=volume,src=v1,dst=/v,volume-nocopy,volume-label=a=b --tmpfs /run:rw,size=1m --tmpfs /scratch busybox true",
+        "-v /tmp:/data:ro -v /anon -v NAMEDVOL:/named --mount type=bind,src=/tmp,dst=/m,readonly --mount type=tmpfs,dst=/t,tmpfs-size=64m,tmpfs-mode=1777 --mount type=volume,src=VOLV1,dst=/v,volume-nocopy,volume-label=a=b --tmpfs /run:rw,size=1m --tmpfs /scratch busybox true",
         "--memory 512m --memory-swap 1g --memory-reservation 256m --cpus 1.5 --cpu-shares 512 --cpuset-cpus 0 --cpuset-mems 0 --pids-limit 100 --blkio-weight 300 --oom-kill-disable --shm-size 64m --memory-swappiness 10 busybox true",
         "--cpu-period 100000 --cpu-quota 50000 --cpu-rt-period 1000 --oom-score-adj 100 busybox true",
         "--device-read-bps /dev/null:1mb --device-write-bps /dev/null:10k --device-read-iops /dev/null:100 --device-write-iops /dev/null:50 --blkio-weight-device /dev/null:200 --ulimit nofile=1024:2048 --ulimit nproc=100 --device /dev/null:/dev/xnull:rw --device /dev/zero busybox true",
@@ -83,6 +85,8 @@ fn create_bodies_match_the_docker_cli() {
     .iter()
     .map(|c| {
         c.replace("ENVFILE", &env_file)
+            .replace("NAMEDVOL", &named)
+            .replace("VOLV1", &named2)
             .replace("LABELFILE", &label_file)
             .replace("CIDFILE", &tmp.join("cid").display().to_string())
             .split(' ')
@@ -123,7 +127,10 @@ fn create_bodies_match_the_docker_cli() {
         let vessel_err = String::from_utf8_lossy(&out.stderr).into_owned();
         let got = create_body(&proxy);
         for n in [&name_d, &name_v] {
-            let _ = common::vessel(&d, &["rm", "-f", n]);
+            let _ = common::vessel(&d, &["rm", "-f", "-v", n]);
+        }
+        for v in [&named, &named2] {
+            let _ = common::vessel(&d, &["volume", "rm", "-f", v]);
         }
         if docker_ok != vessel_ok {
             failures.push(format!(

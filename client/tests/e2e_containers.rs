@@ -493,6 +493,45 @@ fn tty_run_and_exec_through_a_pty() {
     assert!(out.contains("tty-42"), "{out}");
     assert!(out.contains("/dev/pts/"), "the shell has a terminal: {out}");
 
+    // ctrl-p ctrl-q detaches and leaves the container running. The keys
+    // are sent only once the shell has answered, so the client's terminal
+    // is already raw (a cooked pty would eat ctrl-q as flow control).
+    let detached = c.name("detach");
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{bin} run -it --name {detached} busybox sh"),
+            "/dev/null",
+        ])
+        .env("DOCKER_HOST", d.host())
+        .env("DOCKER_CONFIG", d.config.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    stdin.write_all(b"echo be''fore\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("before") {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(
+            n > 0,
+            "session ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stdin.write_all(b"\x10\x11").unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        ok(&d, &["inspect", "-f", "{{.State.Running}}", &detached]),
+        "true\n"
+    );
+
     let name = c.name("ttyexec");
     ok(
         &d,

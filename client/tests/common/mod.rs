@@ -249,7 +249,7 @@ impl<'a> Cleanup<'a> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         for c in &self.containers {
-            let _ = vessel(self.d, &["rm", "-f", c]);
+            let _ = vessel(self.d, &["rm", "-f", "-v", c]);
         }
         for i in &self.images {
             let _ = vessel(self.d, &["rmi", "-f", i]);

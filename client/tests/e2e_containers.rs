@@ -541,3 +541,62 @@ fn tty_run_and_exec_through_a_pty() {
     assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
     assert!(stdout(&o).contains("/dev/pts/"), "{}", stdout(&o));
 }
+
+#[test]
+fn events_report_a_run() {
+    let Some(d) = common::daemon("events_report_a_run") else {
+        return;
+    };
+    load_busybox(&d);
+    let mut c = Cleanup::new(&d);
+    let name = c.name("events");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ok(&d, &["run", "--rm", "--name", &name, "busybox", "true"]);
+    // --until in the near future ends the stream by itself.
+    let until = since
+        + 2
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .saturating_sub(since);
+    let out = ok(
+        &d,
+        &[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            "type=container",
+            "--filter",
+            &format!("container={name}"),
+        ],
+    );
+    let actions: Vec<&str> = out.lines().filter_map(|l| l.split(' ').nth(2)).collect();
+    for want in ["create", "start", "die", "destroy"] {
+        assert!(actions.contains(&want), "no {want} event in:\n{out}");
+    }
+    let first = out.lines().next().unwrap();
+    assert!(first.contains(&format!("name={name}")), "{first}");
+    assert_eq!(first.as_bytes()[10], b'T', "RFC 3339 time first: {first}");
+    let json = ok(
+        &d,
+        &[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--format",
+            "{{.Action}}",
+            "--filter",
+            &format!("container={name}"),
+        ],
+    );
+    assert!(json.lines().any(|l| l == "destroy"), "{json}");
+}

@@ -729,8 +729,74 @@ fn is_tar(data: &[u8]) -> bool {
     data.len() > 262 && &data[257..262] == b"ustar"
 }
 
-/// Make the context tar and the `dockerfile` parameter.
-fn make_context(a: &BuildArgs) -> Result<(Vec<u8>, Option<String>)> {
+/// A build context ready to send.
+enum Context {
+    /// Already a tar in memory (from stdin), with the `dockerfile`
+    /// parameter.
+    Ready(Vec<u8>, Option<String>),
+    /// A directory to stream as a tar.
+    Dir {
+        dir: PathBuf,
+        matcher: Matcher,
+        extra: Option<(String, Vec<u8>)>,
+        dockerfile: String,
+    },
+}
+
+/// Writes into a request body channel (from a blocking thread).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    written: u64,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stream a directory context into a request body; the task returns the
+/// number of bytes sent.
+fn stream_context(
+    dir: PathBuf,
+    matcher: Matcher,
+    extra: Option<(String, Vec<u8>)>,
+) -> (api::Body, tokio::task::JoinHandle<Result<u64>>) {
+    let (tx, body) = api::channel_body(16);
+    let handle = tokio::task::spawn_blocking(move || {
+        let err_tx = tx.clone();
+        let writer =
+            std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter { tx, written: 0 });
+        let extra_ref = extra.as_ref().map(|(n, d)| (n.as_str(), d.as_slice()));
+        match archive::context_tar(&dir, &matcher, writer, extra_ref) {
+            Ok(w) => {
+                let w = w.into_inner().map_err(|e| Error::Io {
+                    op: "send build context",
+                    path: dir.clone(),
+                    source: e.into_error(),
+                })?;
+                Ok(w.written)
+            }
+            Err(e) => {
+                // Abort the upload so the daemon does not build a partial context.
+                let _ = err_tx.blocking_send(Err(std::io::Error::other("build context failed")));
+                Err(e.into())
+            }
+        }
+    });
+    (body, handle)
+}
+
+/// Work out the build context and the `dockerfile` parameter.
+fn make_context(a: &BuildArgs) -> Result<Context> {
     let random_name = || format!(".dockerfile.{:012x}", rand_u64() & 0xffff_ffff_ffff);
     if a.context == "-" {
         let mut data = Vec::new();
@@ -742,7 +808,7 @@ fn make_context(a: &BuildArgs) -> Result<(Vec<u8>, Option<String>)> {
                 source,
             })?;
         if is_tar(&data) {
-            return Ok((data, a.file.clone()));
+            return Ok(Context::Ready(data, a.file.clone()));
         }
         // A Dockerfile on stdin with an empty context.
         let name = random_name();
@@ -752,7 +818,7 @@ fn make_context(a: &BuildArgs) -> Result<(Vec<u8>, Option<String>)> {
             Vec::new(),
             Some((&name, &data)),
         )?;
-        return Ok((tar, Some(name)));
+        return Ok(Context::Ready(tar, Some(name)));
     }
     let dir = PathBuf::from(&a.context);
     if !dir.is_dir() {
@@ -823,9 +889,12 @@ fn make_context(a: &BuildArgs) -> Result<(Vec<u8>, Option<String>)> {
     if matcher.excluded(".dockerignore") {
         matcher.push("!.dockerignore")?;
     }
-    let extra_ref = extra.as_ref().map(|(n, d)| (n.as_str(), d.as_slice()));
-    let tar = archive::context_tar(&dir, &matcher, Vec::new(), extra_ref)?;
-    Ok((tar, Some(dockerfile_param)))
+    Ok(Context::Dir {
+        dir,
+        matcher,
+        extra,
+        dockerfile: dockerfile_param,
+    })
 }
 
 fn empty_dir() -> Result<PathBuf> {
@@ -856,27 +925,43 @@ pub async fn build(ctx: &Ctx, a: &BuildArgs) -> Result<i32> {
     for t in &a.tag {
         q.push(("t", t.clone()));
     }
+    let mut upload = None;
     let body = if is_remote {
         q.push(("remote", a.context.clone()));
         if let Some(f) = &a.file {
             q.push(("dockerfile", f.clone()));
         }
-        None
+        api::empty()
     } else {
         let ctx_args = a.clone();
-        let (tar, dockerfile) = tokio::task::spawn_blocking(move || make_context(&ctx_args))
+        let context = tokio::task::spawn_blocking(move || make_context(&ctx_args))
             .await
             .map_err(|e| msg(e.to_string()))??;
-        if let Some(d) = dockerfile {
-            q.push(("dockerfile", d));
+        match context {
+            Context::Ready(tar, dockerfile) => {
+                if let Some(d) = dockerfile {
+                    q.push(("dockerfile", d));
+                }
+                if !a.quiet {
+                    println!(
+                        "Sending build context to Docker daemon  {}",
+                        units::human_size(tar.len() as f64)
+                    );
+                }
+                api::bytes_body(tar)
+            }
+            Context::Dir {
+                dir,
+                matcher,
+                extra,
+                dockerfile,
+            } => {
+                q.push(("dockerfile", dockerfile));
+                let (body, handle) = stream_context(dir, matcher, extra);
+                upload = Some(handle);
+                body
+            }
         }
-        if !a.quiet {
-            println!(
-                "Sending build context to Docker daemon  {}",
-                units::human_size(tar.len() as f64)
-            );
-        }
-        Some(tar)
     };
     if !a.build_arg.is_empty() {
         q.push(("buildargs", build_args_json(&a.build_arg).to_string()));
@@ -941,11 +1026,21 @@ pub async fn build(ctx: &Ctx, a: &BuildArgs) -> Result<i32> {
         HeaderValue::from_static("application/x-tar"),
     );
     h.insert("x-registry-config", registry_config_header(ctx));
-    let body = body.map_or_else(api::empty, api::bytes_body);
-    let resp = ctx
+    let sent = ctx
         .client
         .send(Method::POST, &format!("/build{}", query(&q)), h, body)
-        .await?;
+        .await;
+    // The classic builder answers once it has read the whole context.
+    if let Some(handle) = upload {
+        let size = handle.await.map_err(|e| msg(e.to_string()))??;
+        if !a.quiet {
+            println!(
+                "Sending build context to Docker daemon  {}",
+                units::human_size(size as f64)
+            );
+        }
+    }
+    let resp = sent?;
     let mut s = JsonStream::new(resp);
     let mode = if a.quiet {
         progress::Mode::Quiet

@@ -1,5 +1,15 @@
-//! `vesseld`: Vessel's engine library. Subsystems live in their own modules;
-//! the Docker API server wires them together.
+//! `vesseld`: Vessel's engine library and Docker API server.
+//!
+//! - [`images`]: the image store (content, metadata, snapshots, archives).
+//! - [`build`]: the Dockerfile frontend.
+//! - [`engine`]: containers and everything around them, transport-neutral.
+//! - [`api`]: the Docker Engine API over HTTP, translating to the engine.
+//! - [`daemon`]: listeners, TLS, the pid file and shutdown.
 
-pub mod images;
+#![recursion_limit = "256"]
+
+pub mod api;
 pub mod build;
+pub mod daemon;
+pub mod engine;
+pub mod images;

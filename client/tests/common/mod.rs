@@ -82,10 +82,28 @@ pub fn daemon(test: &str) -> Option<Daemon> {
         vessel_testkit::skip(test, "dockerd is not installed (apt-get install docker.io)");
         return None;
     }
-    Some(start_dockerd())
+    Some(start_dockerd(&[]))
 }
 
-fn start_dockerd() -> Daemon {
+/// A private dockerd with extra flags (for tests that must configure the
+/// daemon, such as TLS), or `None` when that mode was not asked for.
+pub fn private_dockerd(test: &str, extra: &[String]) -> Option<Daemon> {
+    if std::env::var("VESSEL_CLI_TEST_DOCKERD").as_deref() != Ok("1") {
+        eprintln!("SKIP {test}: needs a daemon it can configure: set VESSEL_CLI_TEST_DOCKERD=1");
+        return None;
+    }
+    if !vessel_testkit::is_root() {
+        vessel_testkit::skip(test, "a private dockerd needs root");
+        return None;
+    }
+    if !vessel_testkit::have_command("dockerd") {
+        vessel_testkit::skip(test, "dockerd is not installed (apt-get install docker.io)");
+        return None;
+    }
+    Some(start_dockerd(extra))
+}
+
+fn start_dockerd(extra: &[String]) -> Daemon {
     let root = TempRoot::new("cli-dockerd");
     let sock = root.join("docker.sock");
     let mut child = Command::new("dockerd")
@@ -103,6 +121,7 @@ fn start_dockerd() -> Daemon {
             "--ip6tables=false",
             "--bridge=none",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -33,11 +33,13 @@ pub mod layer;
 pub mod layout;
 pub mod memory;
 pub mod mptable;
+pub mod sandbox;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 
 pub use control::VmExit;
+pub use sandbox::{Sandbox, SandboxConfig};
 pub use seccomp::SeccompMode;
 pub use vm::{
     BootSource, ChannelConfig, DiskConfig, Error, ProgramMode, Result, SerialOutput, Vm, VmConfig,

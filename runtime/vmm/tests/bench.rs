@@ -23,7 +23,7 @@ fn script(rounds: u32) -> String {
     format!(
         r#"
 ours="/bin/vessel-vmm --kernel /vm/vmlinux --initrd /vm/initrd --mem {MEM_MIB}"
-qemu="/usr/bin/qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m {MEM_MIB} -smp 1 -nodefaults -no-user-config -display none -no-reboot -kernel /vm/vmlinux -initrd /vm/initrd"
+qemu="/usr/bin/qemu-system-x86_64 -M microvm,acpi=off,x-option-roms=off,isa-serial=off -enable-kvm -cpu host -m {MEM_MIB} -smp 1 -nodefaults -no-user-config -display none -no-reboot -kernel /vm/vmlinux -initrd /vm/initrd"
 qdisk="-drive id=l0,file=/vm/layer.img,format=raw,if=none,readonly=on -device virtio-blk-device,drive=l0,serial=layer-0"
 timed() {{ # NAME ROUND COMMAND...
   name=$1; round=$2; shift 2

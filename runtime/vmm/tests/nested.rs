@@ -75,12 +75,13 @@ fn parse(console: &str) -> HashMap<String, CaseResult> {
 /// The L1 script: one microVM per case.
 const SCRIPT: &str = r#"
 printf 'from stdin\n' > /tmp/in
+kernel=/vm/vmlinux
 vm() { # NAME "MONITOR OPTIONS" CLIENT OPTIONS... -- COMMAND...
   name=$1; monitor=$2; shift 2
   echo "@@CASE $name"
   t0=$(now)
   /bin/vessel-agent run --listen /run/ch.sock \
-    --spawn "/bin/vessel-vmm --kernel /vm/vmlinux --initrd /vm/initrd --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/ch.sock $monitor" \
+    --spawn "/bin/vessel-vmm --kernel $kernel --initrd /vm/initrd --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/ch.sock $monitor" \
     --layer layer-0 "$@" > /tmp/out 2> /tmp/err < /tmp/in
   echo "@@EXIT $?"
   echo "@@TIME $t0 $(now)"
@@ -101,6 +102,11 @@ vm isolation "" -- sh -c 'uname -r; n=0; for p in /proc/[0-9]*; do readlink $p/e
 vm tty "" -t -- sh -c 'test -t 0 && test -t 1 && echo on-a-tty'; show
 vm stdin "" -i -- cat; show
 vm writable "" -- sh -c 'echo data > /newfile && cat /newfile && touch /bin/busybox && echo ok'; show
+vm scratch "--disk /vm/scratch.img,serial=scratch" --scratch disk:scratch -- sh -c 'echo on-disk > /f && cat /f'; show
+kernel=/vm/bzImage
+vm bzimage "" -- echo from-bzimage; show
+kernel=/vm/vmlinux
+vm nopvh "--no-pvh" -- echo from-64-bit-entry; show
 vm panic "" -- sh -c 'echo c > /proc/sysrq-trigger; sleep 100'; show
 vm afterpanic "" -- echo still-fine; show
 "#;
@@ -196,6 +202,24 @@ fn microvm_runs_containers_in_nested_kvm() {
 
     let c = case("writable");
     assert_eq!((c.exit, c.out.as_str()), (Some(0), "data\nok\n"), "{c:?}");
+
+    let c = case("scratch");
+    // The agent found the disk by serial and mounted it as the upper layer.
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "on-disk\n"), "{c:?}");
+
+    let c = case("bzimage");
+    assert_eq!(
+        (c.exit, c.out.as_str()),
+        (Some(0), "from-bzimage\n"),
+        "{c:?}"
+    );
+
+    let c = case("nopvh");
+    assert_eq!(
+        (c.exit, c.out.as_str()),
+        (Some(0), "from-64-bit-entry\n"),
+        "{c:?}"
+    );
 
     let c = case("panic");
     assert_eq!(

@@ -23,6 +23,8 @@ use vessel_vmm::layer::{ImageFormat, LayerImages};
 /// Everything an L1 boot needs.
 pub struct Fixtures {
     pub guest_kernel: PathBuf,
+    pub guest_bzimage: PathBuf,
+    pub scratch: PathBuf,
     pub l1_kernel: PathBuf,
     pub l1_modules: Vec<PathBuf>,
     pub vmm: PathBuf,
@@ -217,6 +219,20 @@ pub fn guest_initrd(agent: &Path) -> Result<PathBuf, String> {
     })
 }
 
+/// A small empty ext4 scratch disk (copied into each L1, which may write it).
+pub fn scratch_disk() -> Result<PathBuf, String> {
+    let p = dir().join("scratch-8m.ext4");
+    vessel_testkit::with_lock(&dir().join("scratch.lock"), || -> Result<(), String> {
+        if !p.exists() {
+            let tmp = dir().join("scratch-8m.ext4.tmp");
+            vessel_vmm::layer::create_scratch_disk(&tmp, 8 << 20).map_err(|e| format!("{e:?}"))?;
+            std::fs::rename(&tmp, &p).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
 /// Everything, or the reason it is not available here.
 pub fn fixtures() -> Result<Fixtures, String> {
     if !vessel_testkit::have_command("qemu-system-x86_64") {
@@ -233,7 +249,10 @@ pub fn fixtures() -> Result<Fixtures, String> {
     let (vmm, agent) = static_binaries()?;
     let guest_initrd = guest_initrd(&agent)?;
     let layer = busybox_layer()?;
+    let scratch = scratch_disk()?;
     Ok(Fixtures {
+        guest_bzimage: guest_kernel.with_file_name("bzImage"),
+        scratch,
         guest_kernel,
         l1_kernel,
         l1_modules,
@@ -288,6 +307,10 @@ pub fn l1_initramfs(fx: &Fixtures, script: &str, extra: &Extra, out: &Path) -> R
     c.file_from("vm/initrd", 0o644, &fx.guest_initrd)
         .map_err(e)?;
     c.file_from("vm/layer.img", 0o644, &fx.layer).map_err(e)?;
+    c.file_from("vm/bzImage", 0o644, &fx.guest_bzimage)
+        .map_err(e)?;
+    c.file_from("vm/scratch.img", 0o644, &fx.scratch)
+        .map_err(e)?;
     let mut made: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for (name, src) in extra {
         let name = name.trim_start_matches('/');
@@ -377,9 +400,23 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
         .map_err(|e| format!("starting qemu: {e}"))?;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
+    // VESSEL_L1_CONSOLE=1 shows the console live (debugging a hung L1).
+    let live = std::env::var_os("VESSEL_L1_CONSOLE").is_some();
     let reader = std::thread::spawn(move || {
         let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if live {
+                        use std::io::Write as _;
+                        let _ = std::io::stderr().write_all(&buf[..n]);
+                    }
+                    s.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
         let _ = tx.send(());
         s
     });

@@ -598,3 +598,74 @@ fn events_report_a_run() {
     );
     assert!(json.lines().any(|l| l == "destroy"), "{json}");
 }
+
+#[test]
+fn start_interactive_and_attach() {
+    let Some(d) = common::daemon("start_interactive_and_attach") else {
+        return;
+    };
+    load_busybox(&d);
+    let mut c = Cleanup::new(&d);
+    let piped = |args: &[&str], input: &[u8]| {
+        let mut child = vessel_cmd(&d, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vessel");
+        // Hold stdin open until the container has exited: dockerd may end
+        // an attach session at stdin EOF before the output arrives (the
+        // docker CLI loses that output too).
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        let o = child.wait_with_output().unwrap();
+        drop(stdin);
+        o
+    };
+
+    // start -ai: stdin reaches a created container, its status comes back.
+    let name = c.name("startai");
+    ok(
+        &d,
+        &[
+            "create",
+            "-i",
+            "--name",
+            &name,
+            "busybox",
+            "sh",
+            "-c",
+            "read l; echo got $l; exit 6",
+        ],
+    );
+    let o = piped(&["start", "-ai", &name], b"hello\n");
+    assert_eq!(stdout(&o), "got hello\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(6));
+
+    // attach to a running container that waits for input.
+    let name = c.name("attach");
+    ok(
+        &d,
+        &[
+            "run",
+            "-d",
+            "-i",
+            "--name",
+            &name,
+            "busybox",
+            "sh",
+            "-c",
+            "read l; echo attached $l; exit 4",
+        ],
+    );
+    let o = piped(&["attach", &name], b"now\n");
+    assert_eq!(stdout(&o), "attached now\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(4));
+    let o = vessel(&d, &["attach", &name]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("You cannot attach to a stopped container"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -242,6 +242,22 @@ impl ConfigFile {
             .expect("auths was just made an object")
     }
 
+    /// Registries with an entry in `auths` or in `credHelpers`.
+    pub fn auth_servers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .auths()
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default();
+        if let Some(h) = self.data.get("credHelpers").and_then(Value::as_object) {
+            for k in h.keys() {
+                if !out.contains(k) {
+                    out.push(k.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Credentials for a registry (from its helper or from `auths`).
     pub fn credentials(&self, server: &str) -> Result<Option<Credentials>> {
         if let Some(helper) = self.helper_for(server) {

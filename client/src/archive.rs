@@ -90,6 +90,19 @@ pub fn context_tar<W: Write>(
     b.into_inner().map_err(io("finish archive", dir))
 }
 
+/// A tar holding one file (a Dockerfile from stdin with an empty context).
+pub fn single_file_tar<W: Write>(name: &str, data: &[u8], w: W) -> Result<W> {
+    let mut b = tar::Builder::new(w);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o600);
+    h.set_mtime(0);
+    b.append_data(&mut h, name, data)
+        .map_err(io("add to archive", Path::new(name)))?;
+    b.into_inner()
+        .map_err(io("finish archive", Path::new(name)))
+}
+
 fn walk<W: Write>(root: &Path, rel: &str, m: &Matcher, b: &mut tar::Builder<W>) -> Result<()> {
     let dir = if rel.is_empty() {
         root.to_path_buf()

@@ -812,12 +812,7 @@ fn make_context(a: &BuildArgs) -> Result<Context> {
         }
         // A Dockerfile on stdin with an empty context.
         let name = random_name();
-        let tar = archive::context_tar(
-            &empty_dir()?,
-            &Matcher::default(),
-            Vec::new(),
-            Some((&name, &data)),
-        )?;
+        let tar = archive::single_file_tar(&name, &data, Vec::new())?;
         return Ok(Context::Ready(tar, Some(name)));
     }
     let dir = PathBuf::from(&a.context);
@@ -895,16 +890,6 @@ fn make_context(a: &BuildArgs) -> Result<Context> {
         extra,
         dockerfile: dockerfile_param,
     })
-}
-
-fn empty_dir() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("vessel-empty-context-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|source| Error::Io {
-        op: "create",
-        path: d.clone(),
-        source,
-    })?;
-    Ok(d)
 }
 
 fn rand_u64() -> u64 {

@@ -25,6 +25,11 @@ pub struct Daemon {
     pub config: TempRoot,
     dockerd: Option<Child>,
     root: Option<TempRoot>,
+    /// The private dockerd's cgroup parent, removed after it stops.
+    cgroup_parent: Option<String>,
+    /// dockerd always makes /run/docker/plugins; remove it after if it
+    /// was not there before.
+    made_run_docker: bool,
 }
 
 impl Daemon {
@@ -51,6 +56,14 @@ impl Drop for Daemon {
         }
         // TempRoot unmounts what dockerd left below its root and removes it.
         self.root.take();
+        if let Some(parent) = self.cgroup_parent.take() {
+            remove_cgroups(&parent);
+        }
+        if self.made_run_docker {
+            // Only empty directories go; a dockerd still using them keeps them.
+            let _ = std::fs::remove_dir("/run/docker/plugins");
+            let _ = std::fs::remove_dir("/run/docker");
+        }
     }
 }
 
@@ -65,6 +78,8 @@ pub fn daemon(test: &str) -> Option<Daemon> {
             config: TempRoot::new("cli-config"),
             dockerd: None,
             root: None,
+            cgroup_parent: None,
+            made_run_docker: false,
         });
     }
     if std::env::var("VESSEL_CLI_TEST_DOCKERD").as_deref() != Ok("1") {
@@ -103,10 +118,53 @@ pub fn private_dockerd(test: &str, extra: &[String]) -> Option<Daemon> {
     Some(start_dockerd(extra))
 }
 
+/// Remove a cgroup (and any empty children) from every hierarchy mounted
+/// under /sys/fs/cgroup. Only empty groups can go; busy ones stay.
+fn remove_cgroups(name: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let dir = h.path().join(name);
+        if dir.is_dir() {
+            remove_cgroup_dir(&dir);
+        }
+    }
+}
+
+fn remove_cgroup_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_dir(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 fn start_dockerd(extra: &[String]) -> Daemon {
     let root = TempRoot::new("cli-dockerd");
     let sock = root.join("docker.sock");
+    // Its own cgroup parent, so it leaves no "docker" group behind and
+    // parallel daemons do not share one.
+    let cgroup_parent = root.path().file_name().map_or_else(
+        || "vessel-test-cli-dockerd".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let made_run_docker = !Path::new("/run/docker").exists();
+    // Keep its identity key under the root instead of /etc/docker.
+    std::fs::write(
+        root.join("daemon.json"),
+        format!(
+            "{{\"deprecated-key-path\": \"{}\"}}",
+            root.join("key.json").display()
+        ),
+    )
+    .expect("write daemon.json");
     let mut child = Command::new("dockerd")
+        .arg("--config-file")
+        .arg(root.join("daemon.json"))
         .arg("--data-root")
         .arg(root.join("data"))
         .arg("--exec-root")
@@ -121,6 +179,7 @@ fn start_dockerd(extra: &[String]) -> Daemon {
             "--ip6tables=false",
             "--bridge=none",
         ])
+        .arg(format!("--cgroup-parent=/{cgroup_parent}"))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -161,6 +220,8 @@ fn start_dockerd(extra: &[String]) -> Daemon {
         config: TempRoot::new("cli-config"),
         dockerd: Some(child),
         root: Some(root),
+        cgroup_parent: Some(cgroup_parent),
+        made_run_docker,
     }
 }
 

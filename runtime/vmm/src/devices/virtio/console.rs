@@ -486,7 +486,16 @@ impl VirtioDevice for Console {
         self.run(Console::tx);
         if !self.flush_tx() {
             // The VM is gone; give the host a moment to take the rest.
-            let _ = self.stream.set_nonblocking(false);
+            // (fcntl, not set_nonblocking: that is an ioctl, which the
+            // device thread's seccomp filter refuses.)
+            let fd = self.stream.as_raw_fd();
+            // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                }
+            }
             let _ = self
                 .stream
                 .set_write_timeout(Some(std::time::Duration::from_secs(2)));

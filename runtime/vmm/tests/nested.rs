@@ -76,12 +76,13 @@ fn parse(console: &str) -> HashMap<String, CaseResult> {
 const SCRIPT: &str = r#"
 printf 'from stdin\n' > /tmp/in
 kernel=/vm/vmlinux
+monitor_env=
 vm() { # NAME "MONITOR OPTIONS" CLIENT OPTIONS... -- COMMAND...
   name=$1; monitor=$2; shift 2
   echo "@@CASE $name"
   t0=$(now)
   /bin/vessel-agent run --listen /run/ch.sock \
-    --spawn "/bin/vessel-vmm --kernel $kernel --initrd /vm/initrd --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/ch.sock $monitor" \
+    --spawn "$monitor_env /bin/vessel-vmm --kernel $kernel --initrd /vm/initrd --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/ch.sock $monitor" \
     --layer layer-0 "$@" > /tmp/out 2> /tmp/err < /tmp/in
   echo "@@EXIT $?"
   echo "@@TIME $t0 $(now)"
@@ -107,6 +108,9 @@ kernel=/vm/bzImage
 vm bzimage "" -- echo from-bzimage; show
 kernel=/vm/vmlinux
 vm nopvh "--no-pvh" -- echo from-64-bit-entry; show
+monitor_env=VESSEL_LOG=trace
+vm logging "" -- echo logged; show
+monitor_env=
 vm panic "" -- sh -c 'echo c > /proc/sysrq-trigger; sleep 100'; show
 vm afterpanic "" -- echo still-fine; show
 "#;
@@ -220,6 +224,12 @@ fn microvm_runs_containers_in_nested_kvm() {
         (Some(0), "from-64-bit-entry\n"),
         "{c:?}"
     );
+
+    // Debug logging from the monitor's filtered threads stays within
+    // their seccomp allowlists.
+    let c = case("logging");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "logged\n"), "{c:?}");
+    assert!(c.err.contains("vm started"), "{c:?}");
 
     let c = case("panic");
     assert_eq!(

@@ -81,7 +81,7 @@ vm() { # NAME "MONITOR OPTIONS" CLIENT OPTIONS... -- COMMAND...
   name=$1; monitor=$2; shift 2
   echo "@@CASE $name"
   t0=$(now)
-  /bin/vessel-agent run --listen /run/ch.sock \
+  timeout 120 /bin/vessel-agent run --listen /run/ch.sock \
     --spawn "$monitor_env /bin/vessel-vmm --kernel $kernel --initrd /vm/initrd --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/ch.sock $monitor" \
     --layer layer-0 "$@" > /tmp/out 2> /tmp/err < /tmp/in
   echo "@@EXIT $?"
@@ -111,6 +111,8 @@ vm nopvh "--no-pvh" -- echo from-64-bit-entry; show
 monitor_env=VESSEL_LOG=trace
 vm logging "" -- echo logged; show
 monitor_env=
+vm nomonitor "--seccomp bogus" -- true; show
+vm badmonitor "--disk /vm/missing.img" -- true; show
 vm panic "" -- sh -c 'echo c > /proc/sysrq-trigger; sleep 100'; show
 vm afterpanic "" -- echo still-fine; show
 "#;
@@ -230,6 +232,21 @@ fn microvm_runs_containers_in_nested_kvm() {
     let c = case("logging");
     assert_eq!((c.exit, c.out.as_str()), (Some(0), "logged\n"), "{c:?}");
     assert!(c.err.contains("vm started"), "{c:?}");
+
+    // A monitor that fails before or after connecting is an error, not a
+    // hang, and its own message comes through.
+    let c = case("nomonitor");
+    assert_eq!(c.exit, Some(125), "{c:?}");
+    assert!(
+        c.err.contains("did not connect") && c.err.contains("--seccomp"),
+        "{c:?}"
+    );
+    let c = case("badmonitor");
+    assert_eq!(c.exit, Some(125), "{c:?}");
+    assert!(
+        c.err.contains("/vm/missing.img") && c.err.contains("monitor exited"),
+        "{c:?}"
+    );
 
     let c = case("panic");
     assert_eq!(

@@ -119,6 +119,55 @@ fn standalone(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Accept one connection on `listener`, or give up when `child` exits
+/// first (it would never connect): poll the listener and a pidfd.
+fn accept_unless_exited(
+    listener: &UnixListener,
+    child: &std::process::Child,
+) -> Result<UnixStream, String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor
+    // or -1; the PID is our own unreaped child, so it cannot be recycled.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if raw < 0 {
+        return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the descriptor was just returned to us and is owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: fds is a valid array of two pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("poll: {e}"));
+        }
+        if fds[0].revents != 0 {
+            return listener
+                .accept()
+                .map(|(s, _)| s)
+                .map_err(|e| format!("accepting: {e}"));
+        }
+        if fds[1].revents != 0 {
+            return Err("the monitor did not connect to the channel".into());
+        }
+    }
+}
+
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut socket = None;
     let mut listen = None;
@@ -193,12 +242,21 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 .arg(&cmd)
                 .spawn()
                 .map_err(|e| format!("starting {cmd:?}: {e}"))?;
-            monitor = Some(child);
-            let (stream, _) = listener
-                .accept()
-                .map_err(|e| format!("accepting on {path}: {e}"))?;
+            let stream = accept_unless_exited(&listener, &child);
             let _ = std::fs::remove_file(&path);
-            stream
+            match stream {
+                Ok(s) => {
+                    monitor = Some(child);
+                    s
+                }
+                Err(e) => {
+                    let mut child = child;
+                    let status = child
+                        .wait()
+                        .map_err(|e| format!("waiting for the monitor: {e}"))?;
+                    return Err(format!("{e} (the monitor exited with {status})"));
+                }
+            }
         }
         _ => return Err("give either --socket PATH, or --listen PATH with --spawn MONITOR".into()),
     };

@@ -386,6 +386,16 @@ pub fn run(
     stats: &ExitStats,
 ) {
     KVM_RUN.with(|p| p.set(vcpu.get_kvm_run()));
+    // The thread inherits its creator's signal mask; the kick must get
+    // through even if the embedding process blocks real-time signals.
+    // SAFETY: sigset operations on a local set, then pthread_sigmask on
+    // the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, kick_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+    }
     while !stopper.stopping() {
         let exit = vcpu.run();
         stats.total.fetch_add(1, Ordering::Relaxed);

@@ -143,3 +143,42 @@ fn bad_configurations_are_refused() {
     let (c, _) = program(REAL_MODE, 0x500, ProgramMode::Real);
     assert!(Vm::start(c).unwrap_err().to_string().contains("program"));
 }
+
+/// A writer that passes every write on to a channel.
+struct Notify(std::sync::mpsc::Sender<Vec<u8>>);
+
+impl Write for Notify {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(b.to_vec());
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The kick reaches a vCPU inside KVM_RUN even when the thread that
+/// started the VM blocks every signal (vCPU threads inherit its mask).
+#[test]
+fn kill_works_when_the_creator_blocks_signals() {
+    vessel_testkit::require!(kvm_usable(), "needs /dev/kvm");
+    std::thread::spawn(|| {
+        // SAFETY: blocking all signals in this test thread only.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&raw mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const all, std::ptr::null_mut());
+        }
+        // Print 'r', then spin: once 'r' arrives the vCPU is in the guest.
+        let code = [0xba, 0xf8, 0x03, 0xb0, b'r', 0xee, 0xeb, 0xfe];
+        let (mut config, _) = program(&code, 0x1_0000, ProgramMode::Real);
+        let (tx, rx) = std::sync::mpsc::channel();
+        config.serial = SerialOutput::Writer(Box::new(Notify(tx)));
+        let vm = Vm::start(config).expect("start");
+        assert_eq!(rx.recv().unwrap(), b"r");
+        vm.kill();
+        assert_eq!(vm.wait().exit, VmExit::Killed);
+    })
+    .join()
+    .unwrap();
+}

@@ -370,7 +370,8 @@ impl Shim {
 
         let sock = cfg.state_dir.join(protocol::SOCKET);
         let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+        let listener = bind_in(&cfg.state_dir, protocol::SOCKET)
+            .map_err(|e| format!("{}: {e}", sock.display()))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         std::fs::write(
             cfg.state_dir.join(protocol::PID_FILE),
@@ -1003,6 +1004,17 @@ impl Shim {
         let mut fds = [PollFd::new(o.fd.as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
+}
+
+/// The path of `name` inside `dir` through a descriptor of `dir`: unix
+/// socket paths are limited to 108 bytes, state directories can be longer.
+pub fn short_path(dir: &std::fs::File, name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+fn bind_in(dir: &Path, name: &str) -> std::io::Result<UnixListener> {
+    let d = std::fs::File::open(dir)?;
+    UnixListener::bind(short_path(&d, name))
 }
 
 fn c_closing(c: Option<&Conn>) -> bool {

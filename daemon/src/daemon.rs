@@ -2,6 +2,8 @@
 //! and TCP only with TLS unless explicitly allowed), and graceful shutdown.
 //! Containers keep running across a daemon restart (their shims stay).
 
+use std::io::{Seek, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,37 +45,62 @@ fn pidfile(path: &Path) -> Result<PidFile> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
         .with_context(|| format!("open pid file {}", path.display()))?;
     let mut lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| anyhow::anyhow!("pid file {} is locked ({e}): is another vesseld running with this root?", path.display()))?;
-    use std::io::{Seek, Write};
+        .map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "pid file {} is locked ({e}): is another vesseld running with this root?",
+                path.display()
+            )
+        })?;
     lock.set_len(0)?;
     lock.seek(std::io::SeekFrom::Start(0))?;
     write!(lock, "{}", std::process::id())?;
-    Ok(PidFile { path: path.to_path_buf(), _lock: lock })
+    Ok(PidFile {
+        path: path.to_path_buf(),
+        _lock: lock,
+    })
 }
 
 fn tls_acceptor(o: &Options) -> Result<Option<tokio_rustls::TlsAcceptor>> {
     let (Some(cert), Some(key)) = (&o.tls_cert, &o.tls_key) else {
         return Ok(None);
     };
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).with_context(|| format!("open {}", cert.display()))?))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .with_context(|| format!("read {}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key).with_context(|| format!("open {}", key.display()))?))
-        .with_context(|| format!("read {}", key.display()))?
-        .with_context(|| format!("no private key in {}", key.display()))?;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("open {}", cert.display()))?,
+    ))
+    .collect::<std::result::Result<Vec<_>, _>>()
+    .with_context(|| format!("read {}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("open {}", key.display()))?,
+    ))
+    .with_context(|| format!("read {}", key.display()))?
+    .with_context(|| format!("no private key in {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let config = match &o.tls_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(ca).with_context(|| format!("open {}", ca.display()))?)) {
+            for c in rustls_pemfile::certs(&mut std::io::BufReader::new(
+                std::fs::File::open(ca).with_context(|| format!("open {}", ca.display()))?,
+            )) {
                 roots.add(c?)?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-            builder.with_client_cert_verifier(verifier).with_single_cert(certs, key)?
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)?
         }
         None => builder.with_no_client_auth().with_single_cert(certs, key)?,
     };
@@ -81,25 +108,40 @@ fn tls_acceptor(o: &Options) -> Result<Option<tokio_rustls::TlsAcceptor>> {
 }
 
 fn socket_group(name: &str) -> Option<nix::unistd::Gid> {
-    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid)
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(o: Options) -> Result<()> {
     std::fs::create_dir_all(&o.root).with_context(|| format!("create {}", o.root.display()))?;
-    std::fs::create_dir_all(&o.exec_root).with_context(|| format!("create {}", o.exec_root.display()))?;
-    let _pid = pidfile(&o.pidfile.clone().unwrap_or_else(|| o.exec_root.join("vesseld.pid")))?;
+    std::fs::create_dir_all(&o.exec_root)
+        .with_context(|| format!("create {}", o.exec_root.display()))?;
+    let _pid = pidfile(
+        &o.pidfile
+            .clone()
+            .unwrap_or_else(|| o.exec_root.join("vesseld.pid")),
+    )?;
     let engine = Engine::open(engine::Config {
         root: o.root.clone(),
         exec_root: o.exec_root.clone(),
-        shim_binary: o.shim_binary.clone().unwrap_or_else(engine::shim::find_binary),
+        shim_binary: o
+            .shim_binary
+            .clone()
+            .unwrap_or_else(engine::shim::find_binary),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = tls_acceptor(&o)?;
     let mut tasks = Vec::new();
-    let hosts = if o.hosts.is_empty() { vec!["unix:///run/vessel/vessel.sock".to_string()] } else { o.hosts.clone() };
+    let hosts = if o.hosts.is_empty() {
+        vec!["unix:///run/vessel/vessel.sock".to_string()]
+    } else {
+        o.hosts.clone()
+    };
     for h in &hosts {
         if let Some(path) = h.strip_prefix("unix://") {
             let path = PathBuf::from(path);
@@ -107,21 +149,34 @@ pub async fn run(o: Options) -> Result<()> {
                 std::fs::create_dir_all(dir)?;
             }
             let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
-            use std::os::unix::fs::PermissionsExt;
+            let listener = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("listen on {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
             if let Some(gid) = socket_group(&o.group) {
                 let _ = nix::unistd::chown(&path, None, Some(gid));
             }
             tracing::info!(socket = %path.display(), "API listening");
-            tasks.push(tokio::spawn(crate::api::serve_unix(engine.clone(), listener, stop_rx.clone())));
+            tasks.push(tokio::spawn(crate::api::serve_unix(
+                engine.clone(),
+                listener,
+                stop_rx.clone(),
+            )));
         } else if let Some(addr) = h.strip_prefix("tcp://") {
             if tls.is_none() && !o.insecure_tcp {
-                bail!("refusing to serve {h} without TLS: give --tlscert and --tlskey (and --tlscacert to verify clients), or --insecure-tcp to accept unauthenticated root access over the network");
+                bail!(
+                    "refusing to serve {h} without TLS: give --tlscert and --tlskey (and --tlscacert to verify clients), or --insecure-tcp to accept unauthenticated root access over the network"
+                );
             }
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
             tracing::info!(%addr, tls = tls.is_some(), "API listening");
-            tasks.push(tokio::spawn(crate::api::serve_tcp(engine.clone(), listener, tls.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(crate::api::serve_tcp(
+                engine.clone(),
+                listener,
+                tls.clone(),
+                stop_rx.clone(),
+            )));
         } else {
             bail!("unsupported --host {h:?}: use unix:///path or tcp://addr:port");
         }

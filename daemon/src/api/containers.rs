@@ -22,12 +22,17 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Error> {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Docker's `Command` column: the program and arguments, space-joined.
 fn command(c: &Container) -> String {
-    std::iter::once(c.path.as_str()).chain(c.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+    std::iter::once(c.path.as_str())
+        .chain(c.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ports_list(c: &Container) -> Vec<Value> {
@@ -37,14 +42,19 @@ fn ports_list(c: &Container) -> Vec<Value> {
         .flat_map(|p| p.keys())
         .filter_map(|k| {
             let (port, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
-            port.parse::<u16>().ok().map(|p| json!({"PrivatePort": p, "Type": proto}))
+            port.parse::<u16>()
+                .ok()
+                .map(|p| json!({"PrivatePort": p, "Type": proto}))
         })
         .collect()
 }
 
 fn network_settings(c: &Container) -> Value {
     let mut networks = serde_json::Map::new();
-    if c.host_config.network_mode != "none" && c.host_config.network_mode != "host" && !c.host_config.network_mode.starts_with("container:") {
+    if c.host_config.network_mode != "none"
+        && c.host_config.network_mode != "host"
+        && !c.host_config.network_mode.starts_with("container:")
+    {
         networks.insert(c.host_config.network_mode.clone(), json!({
             "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "", "NetworkID": "",
             "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
@@ -96,12 +106,38 @@ pub fn inspect(engine: &Engine, c: &Container) -> Value {
     let mut host_config = serde_json::to_value(&c.host_config).unwrap_or_else(|_| json!({}));
     if let Some(o) = host_config.as_object_mut() {
         // Docker shows null for these when unset.
-        for k in ["Binds", "Links", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "GroupAdd", "CapAdd", "CapDrop", "SecurityOpt", "Devices", "Ulimits", "VolumesFrom", "DeviceCgroupRules", "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps"] {
-            if o.get(k).and_then(Value::as_array).is_some_and(Vec::is_empty) {
+        for k in [
+            "Binds",
+            "Links",
+            "Dns",
+            "DnsOptions",
+            "DnsSearch",
+            "ExtraHosts",
+            "GroupAdd",
+            "CapAdd",
+            "CapDrop",
+            "SecurityOpt",
+            "Devices",
+            "Ulimits",
+            "VolumesFrom",
+            "DeviceCgroupRules",
+            "BlkioWeightDevice",
+            "BlkioDeviceReadBps",
+            "BlkioDeviceWriteBps",
+            "BlkioDeviceReadIOps",
+            "BlkioDeviceWriteIOps",
+        ] {
+            if o.get(k)
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+            {
                 o.insert(k.to_string(), Value::Null);
             }
         }
-        if o.get("Mounts").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+        if o.get("Mounts")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
             o.remove("Mounts");
         }
     }
@@ -159,7 +195,13 @@ fn filter_ok(c: &Container, filters: &BTreeMap<String, Vec<String>>) -> bool {
                 "name" => c.name.contains(v.trim_start_matches('/')),
                 "status" => c.state.status.as_str() == v,
                 "exited" => c.state.status == Status::Exited && c.state.exit_code.to_string() == *v,
-                "ancestor" => c.image == *v || c.image_id == *v || c.image_id.trim_start_matches("sha256:").starts_with(v.as_str()),
+                "ancestor" => {
+                    c.image == *v
+                        || c.image_id == *v
+                        || c.image_id
+                            .trim_start_matches("sha256:")
+                            .starts_with(v.as_str())
+                }
                 "label" => match v.split_once('=') {
                     Some((lk, lv)) => c.config.labels.get(lk).map(String::as_str) == Some(lv),
                     None => c.config.labels.contains_key(v),
@@ -180,14 +222,17 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
             let create: CreateRequest = from_value(body)?;
             let name = req.query.get("name").map(str::to_string);
             let (id, warnings) = engine.create(name.as_deref(), create).await?;
-            Ok(json_resp(StatusCode::CREATED, &json!({"Id": id, "Warnings": warnings})))
+            Ok(json_resp(
+                StatusCode::CREATED,
+                &json!({"Id": id, "Warnings": warnings}),
+            ))
         }
         (&Method::GET, ["containers", "json"]) => {
             let all = req.query.bool("all");
             let filters = req.query.filters()?;
             let limit = req.query.int("limit").filter(|l| *l > 0);
             let mut out = Vec::new();
-            for c in engine.all().await {
+            for c in engine.all() {
                 if !all && !filters.contains_key("status") && !c.state.status.is_live() {
                     continue;
                 }
@@ -202,17 +247,29 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
         }
         (&Method::POST, ["containers", "prune"]) => {
             let removed = engine.prune().await?;
-            Ok(json_resp(StatusCode::OK, &json!({"ContainersDeleted": removed, "SpaceReclaimed": 0})))
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"ContainersDeleted": removed, "SpaceReclaimed": 0}),
+            ))
         }
         (_, ["containers", id, rest @ ..]) => {
             let id = (*id).to_string();
             container_route(engine, req, &m, &id, rest).await
         }
-        _ => Err(Error::not_found(format!("page not found: {m} /{}", p.join("/")))),
+        _ => Err(Error::not_found(format!(
+            "page not found: {m} /{}",
+            p.join("/")
+        ))),
     }
 }
 
-async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &str, rest: &[&str]) -> Result<Response<Body>, Error> {
+async fn container_route(
+    engine: Arc<Engine>,
+    req: &mut Req,
+    m: &Method,
+    id: &str,
+    rest: &[&str],
+) -> Result<Response<Body>, Error> {
     match (m, rest) {
         (&Method::GET, ["json"]) => {
             let c = engine.get(id)?.view();
@@ -224,7 +281,11 @@ async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &st
         }
         (&Method::POST, ["stop"]) => {
             let t = req.query.int("t").or_else(|| req.query.int("timeout"));
-            let sig = req.query.get("signal").filter(|s| !s.is_empty()).map(str::to_string);
+            let sig = req
+                .query
+                .get("signal")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
             engine.stop(id, t, sig.as_deref()).await?;
             Ok(status(StatusCode::NO_CONTENT))
         }
@@ -260,13 +321,18 @@ async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &st
             Ok(status(StatusCode::OK))
         }
         (&Method::DELETE, []) => {
-            engine.remove(id, req.query.bool("force"), req.query.bool("v")).await?;
+            engine
+                .remove(id, req.query.bool("force"), req.query.bool("v"))
+                .await?;
             Ok(status(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["wait"]) => {
             let entry = engine.get(id)?;
             let condition = req.query.str("condition").to_string();
-            if !matches!(condition.as_str(), "" | "not-running" | "next-exit" | "removed") {
+            if !matches!(
+                condition.as_str(),
+                "" | "not-running" | "next-exit" | "removed"
+            ) {
                 return Err(Error::invalid(format!("invalid condition: {condition:?}")));
             }
             drop(entry);
@@ -289,11 +355,17 @@ async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &st
             if !stream && !req.query.bool("logs") {
                 return Err(Error::invalid("at least one of stream or logs must be set"));
             }
-            let (stdin, stdout, stderr) = (req.query.bool("stdin"), req.query.bool("stdout"), req.query.bool("stderr"));
+            let (stdin, stdout, stderr) = (
+                req.query.bool("stdin"),
+                req.query.bool("stdout"),
+                req.query.bool("stderr"),
+            );
             let ticket = engine.attach(id, stdin, stdout, stderr).await?;
             let tty = ticket.tty;
             if req.wants_upgrade() {
-                let up = req.on_upgrade().ok_or_else(|| Error::internal("connection cannot be upgraded"))?;
+                let up = req
+                    .on_upgrade()
+                    .ok_or_else(|| Error::internal("connection cannot be upgraded"))?;
                 spawn_hijacked(up, ticket.connect(), tty, stdin, None, |_| {});
                 Ok(upgrade_response(tty))
             } else {
@@ -303,10 +375,16 @@ async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &st
         (&Method::GET, ["logs"]) => logs_route(engine, req, id).await,
         (&Method::GET, ["top"]) => {
             let (titles, procs) = engine.top(id, req.query.str("ps_args")).await?;
-            Ok(json_resp(StatusCode::OK, &json!({"Titles": titles, "Processes": procs})))
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"Titles": titles, "Processes": procs}),
+            ))
         }
         (&Method::GET, ["stats"]) => {
-            let stream = req.query.get("stream").is_none_or(|s| s == "1" || s.eq_ignore_ascii_case("true"));
+            let stream = req
+                .query
+                .get("stream")
+                .is_none_or(|s| s == "1" || s.eq_ignore_ascii_case("true"));
             let one_shot = req.query.bool("one-shot");
             let first = engine.stats_sample(id).await?;
             if !stream {
@@ -331,10 +409,12 @@ async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &st
                         break;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if !engine.is_running(&id).await {
+                    if !engine.is_running(&id) {
                         break;
                     }
-                    let Ok(mut next) = engine.stats_sample(&id).await else { break };
+                    let Ok(mut next) = engine.stats_sample(&id).await else {
+                        break;
+                    };
                     next["precpu_stats"] = prev["cpu_stats"].clone();
                     next["preread"] = prev["read"].clone();
                     prev = next;
@@ -353,13 +433,15 @@ async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &st
         (&Method::HEAD, ["archive"]) => {
             let st = engine.archive_stat(id, req.query.str("path")).await?;
             let mut r = status(StatusCode::OK);
-            r.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st)?);
+            r.headers_mut()
+                .insert("X-Docker-Container-Path-Stat", stat_header(&st)?);
             Ok(r)
         }
         (&Method::GET, ["archive"]) => {
             let (st, rx) = engine.archive_get(id, req.query.str("path")).await?;
             let mut r = streaming(StatusCode::OK, "application/x-tar", rx);
-            r.headers_mut().insert("X-Docker-Container-Path-Stat", stat_header(&st)?);
+            r.headers_mut()
+                .insert("X-Docker-Container-Path-Stat", stat_header(&st)?);
             Ok(r)
         }
         (&Method::PUT, ["archive"]) => {
@@ -373,13 +455,17 @@ async fn container_route(engine: Arc<Engine>, req: &mut Req, m: &Method, id: &st
             let exec_id = engine.exec_create(id, cfg).await?;
             Ok(json_resp(StatusCode::CREATED, &json!({"Id": exec_id})))
         }
-        _ => Err(Error::not_found(format!("page not found: {m} /containers/{id}/{}", rest.join("/")))),
+        _ => Err(Error::not_found(format!(
+            "page not found: {m} /containers/{id}/{}",
+            rest.join("/")
+        ))),
     }
 }
 
 fn stat_header(st: &Value) -> Result<HeaderValue, Error> {
     use base64::Engine as _;
-    let enc = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(st).unwrap_or_default());
+    let enc = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(st).unwrap_or_default());
     HeaderValue::from_str(&enc).map_err(|e| Error::internal(e.to_string()))
 }
 
@@ -389,7 +475,8 @@ fn parse_time(s: &str) -> f64 {
     if s.is_empty() {
         return 0.0;
     }
-    s.parse::<f64>().unwrap_or_else(|_| parse_rfc3339(s).map_or(0.0, |t| t as f64))
+    s.parse::<f64>()
+        .unwrap_or_else(|_| parse_rfc3339(s).map_or(0.0, |t| t as f64))
 }
 
 async fn logs_route(engine: Arc<Engine>, req: &mut Req, id: &str) -> Result<Response<Body>, Error> {
@@ -400,7 +487,10 @@ async fn logs_route(engine: Arc<Engine>, req: &mut Req, id: &str) -> Result<Resp
     }
     let tail = match q.str("tail") {
         "" | "all" => None,
-        n => Some(n.parse::<usize>().map_err(|_| Error::invalid(format!("invalid tail value {n:?}")))?),
+        n => Some(
+            n.parse::<usize>()
+                .map_err(|_| Error::invalid(format!("invalid tail value {n:?}")))?,
+        ),
     };
     let opts = logs::Options {
         stdout,
@@ -421,13 +511,21 @@ async fn logs_route(engine: Arc<Engine>, req: &mut Req, id: &str) -> Result<Resp
                 data.push(b' ');
             }
             data.extend_from_slice(&l.data);
-            let out = if tty { data } else { docker_frame(l.stream, &data) };
+            let out = if tty {
+                data
+            } else {
+                docker_frame(l.stream, &data)
+            };
             if tx.send(Bytes::from(out)).await.is_err() {
                 break;
             }
         }
     });
-    let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    let ct = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
     Ok(streaming(StatusCode::OK, ct, rx))
 }
 
@@ -466,7 +564,9 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
                     let crate::engine::shim::Conn { mut reader, writer } = conn;
                     let _keep = writer;
                     let mut exit = None;
-                    while let Ok(Some((kind, payload))) = crate::engine::shim::read_frame(&mut reader).await {
+                    while let Ok(Some((kind, payload))) =
+                        crate::engine::shim::read_frame(&mut reader).await
+                    {
                         if kind == vessel_runtime::shim::protocol::Kind::Exit {
                             exit = serde_json::from_slice(&payload).ok();
                             break;
@@ -477,17 +577,29 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
                 return Ok(status(StatusCode::OK));
             }
             if req.wants_upgrade() {
-                let up = req.on_upgrade().ok_or_else(|| Error::internal("connection cannot be upgraded"))?;
+                let up = req
+                    .on_upgrade()
+                    .ok_or_else(|| Error::internal("connection cannot be upgraded"))?;
                 let (resize_rx, guard) = crate::engine::exec::register_resizer(&exec.id);
-                spawn_hijacked(up, async move { Ok(conn) }, tty, stdin, Some(resize_rx), move |st| {
-                    drop(guard);
-                    done(st);
-                });
+                spawn_hijacked(
+                    up,
+                    async move { Ok(conn) },
+                    tty,
+                    stdin,
+                    Some(resize_rx),
+                    move |st| {
+                        drop(guard);
+                        done(st);
+                    },
+                );
                 Ok(upgrade_response(tty))
             } else {
                 Ok(body_stream(async move { Ok(conn) }, tty, done))
             }
         }
-        _ => Err(Error::new(Kind::NotFound, format!("page not found: {m} /{}", p.join("/")))),
+        _ => Err(Error::new(
+            Kind::NotFound,
+            format!("page not found: {m} /{}", p.join("/")),
+        )),
     }
 }

@@ -20,19 +20,34 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
     let p: Vec<String> = req.parts.clone();
     let m = req.method.clone();
     let n = p.len();
-    match (&m, p.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
+    match (
+        &m,
+        p.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+    ) {
         (&Method::GET, ["images", "json"]) => list(&engine, req).await,
         (&Method::POST, ["images", "load"]) => load(engine, req).await,
         (&Method::GET, ["images", "get"]) => save(&engine, req.query.all("names")).await,
         (&Method::POST, ["images", "create"]) => create(engine, req).await,
         (&Method::POST, ["images", "prune"]) => {
             let filters = req.query.filters()?;
-            let all = filters.get("dangling").is_some_and(|v| v.iter().any(|x| x == "false" || x == "0"));
+            let all = filters
+                .get("dangling")
+                .is_some_and(|v| v.iter().any(|x| x == "false" || x == "0"));
             let report = engine.image_prune(all).await?;
-            let deleted: Vec<Value> = report.images.iter().map(|d| json!({"Deleted": d.to_string()})).collect();
-            Ok(json_resp(StatusCode::OK, &json!({"ImagesDeleted": deleted, "SpaceReclaimed": report.reclaimed_bytes})))
+            let deleted: Vec<Value> = report
+                .images
+                .iter()
+                .map(|d| json!({"Deleted": d.to_string()}))
+                .collect();
+            Ok(json_resp(
+                StatusCode::OK,
+                &json!({"ImagesDeleted": deleted, "SpaceReclaimed": report.reclaimed_bytes}),
+            ))
         }
-        (&Method::GET, ["images", "search"]) => Err(Error::new(Kind::NotImplemented, "image search is not supported: this daemon has no index to search")),
+        (&Method::GET, ["images", "search"]) => Err(Error::new(
+            Kind::NotImplemented,
+            "image search is not supported: this daemon has no index to search",
+        )),
         (_, ["images", ..]) if n >= 3 && IMAGE_OPS.contains(&p[n - 1].as_str()) => {
             let name = p[1..n - 1].join("/");
             match (m.clone(), p[n - 1].as_str()) {
@@ -41,14 +56,22 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
                 (Method::POST, "tag") => {
                     let repo = req.query.str("repo");
                     if repo.is_empty() {
-                        return Err(Error::invalid("repository name must have at least one component"));
+                        return Err(Error::invalid(
+                            "repository name must have at least one component",
+                        ));
                     }
                     engine.image_tag(&name, repo, req.query.str("tag")).await?;
                     Ok(super::status(StatusCode::CREATED))
                 }
                 (Method::GET, "get") => save(&engine, vec![name]).await,
-                (Method::POST, "push") => Err(Error::new(Kind::NotImplemented, "pushing images is not available in this daemon yet")),
-                _ => Err(Error::not_found(format!("page not found: {m} /{}", p.join("/")))),
+                (Method::POST, "push") => Err(Error::new(
+                    Kind::NotImplemented,
+                    "pushing images is not available in this daemon yet",
+                )),
+                _ => Err(Error::not_found(format!(
+                    "page not found: {m} /{}",
+                    p.join("/")
+                ))),
             }
         }
         (&Method::DELETE, ["images", ..]) if n >= 2 => {
@@ -56,7 +79,10 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
             let out = engine.image_remove(&name, req.query.bool("force")).await?;
             Ok(json_resp(StatusCode::OK, &Value::Array(out)))
         }
-        _ => Err(Error::not_found(format!("page not found: {m} /{}", p.join("/")))),
+        _ => Err(Error::not_found(format!(
+            "page not found: {m} /{}",
+            p.join("/")
+        ))),
     }
 }
 
@@ -73,7 +99,10 @@ async fn list(engine: &Engine, req: &Req) -> Result<Response<Body>, Error> {
                         Some((lk, lv)) => row.labels.get(lk).map(String::as_str) == Some(lv),
                         None => row.labels.contains_key(v),
                     },
-                    "reference" => s.repo_tags.iter().any(|t| t == v || t.starts_with(&format!("{v}:")) || glob(v, t)),
+                    "reference" => s
+                        .repo_tags
+                        .iter()
+                        .any(|t| t == v || t.starts_with(&format!("{v}:")) || glob(v, t)),
                     _ => false,
                 })
         });
@@ -105,7 +134,9 @@ fn glob(pattern: &str, text: &str) -> bool {
     let mut rest = text;
     for (i, part) in parts.iter().enumerate() {
         if i == 0 {
-            let Some(r) = rest.strip_prefix(part) else { return false };
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
             rest = r;
         } else if i == parts.len() - 1 {
             return rest.ends_with(part);
@@ -123,13 +154,47 @@ async fn inspect(engine: &Engine, name: &str) -> Result<Response<Body>, Error> {
     let cfg = d.config.config.clone().unwrap_or_default();
     let mut config = serde_json::to_value(&cfg).unwrap_or_else(|_| json!({}));
     if let Some(o) = config.as_object_mut() {
-        for (k, empty) in [("Hostname", json!("")), ("Domainname", json!("")), ("User", json!("")), ("AttachStdin", json!(false)), ("AttachStdout", json!(false)), ("AttachStderr", json!(false)), ("Tty", json!(false)), ("OpenStdin", json!(false)), ("StdinOnce", json!(false)), ("Image", json!("")), ("WorkingDir", json!("")), ("Labels", Value::Null), ("Cmd", Value::Null), ("Entrypoint", Value::Null), ("Env", Value::Null), ("Volumes", Value::Null), ("OnBuild", Value::Null)] {
+        for (k, empty) in [
+            ("Hostname", json!("")),
+            ("Domainname", json!("")),
+            ("User", json!("")),
+            ("AttachStdin", json!(false)),
+            ("AttachStdout", json!(false)),
+            ("AttachStderr", json!(false)),
+            ("Tty", json!(false)),
+            ("OpenStdin", json!(false)),
+            ("StdinOnce", json!(false)),
+            ("Image", json!("")),
+            ("WorkingDir", json!("")),
+            ("Labels", Value::Null),
+            ("Cmd", Value::Null),
+            ("Entrypoint", Value::Null),
+            ("Env", Value::Null),
+            ("Volumes", Value::Null),
+            ("OnBuild", Value::Null),
+        ] {
             o.entry(k).or_insert(empty);
         }
     }
-    let layers: Vec<String> = d.config.rootfs.diff_ids.iter().map(ToString::to_string).collect();
-    let upper = d.snapshot_dirs.last().map(|p| p.display().to_string()).unwrap_or_default();
-    let lower: Vec<String> = d.snapshot_dirs.iter().rev().skip(1).map(|p| p.display().to_string()).collect();
+    let layers: Vec<String> = d
+        .config
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let upper = d
+        .snapshot_dirs
+        .last()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let lower: Vec<String> = d
+        .snapshot_dirs
+        .iter()
+        .rev()
+        .skip(1)
+        .map(|p| p.display().to_string())
+        .collect();
     let v = json!({
         "Id": d.summary.id.to_string(),
         "RepoTags": d.summary.repo_tags,
@@ -191,6 +256,7 @@ fn msg(v: &Value) -> Bytes {
     Bytes::from(b)
 }
 
+#[allow(clippy::unused_async, reason = "route handlers are async")]
 async fn load(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let body = req.body_stream();
     let (tx, resp) = message_stream();
@@ -209,7 +275,11 @@ async fn load(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Erro
         let result = engine.image_load(body, ptx).await;
         let _ = forward.await;
         if let Err(e) = result {
-            let _ = tx.send(msg(&json!({"errorDetail": {"message": e.message}, "error": e.message}))).await;
+            let _ = tx
+                .send(msg(
+                    &json!({"errorDetail": {"message": e.message}, "error": e.message}),
+                ))
+                .await;
         }
     });
     Ok(resp)
@@ -223,7 +293,9 @@ pub fn parse_changes(changes: &[String]) -> Result<ConfigChanges, Error> {
         if change.is_empty() {
             continue;
         }
-        let (instr, rest) = change.split_once(char::is_whitespace).unwrap_or((change, ""));
+        let (instr, rest) = change
+            .split_once(char::is_whitespace)
+            .unwrap_or((change, ""));
         let rest = rest.trim();
         let list = |s: &str| -> Vec<String> {
             match serde_json::from_str::<Vec<String>>(s) {
@@ -236,40 +308,61 @@ pub fn parse_changes(changes: &[String]) -> Result<ConfigChanges, Error> {
             "ENTRYPOINT" => out.entrypoint = Some(list(rest)),
             "ENV" => {
                 if let Some((k, v)) = rest.split_once('=') {
-                    out.env.push(format!("{}={}", k.trim(), v.trim().trim_matches('"')));
+                    out.env
+                        .push(format!("{}={}", k.trim(), v.trim().trim_matches('"')));
                 } else if let Some((k, v)) = rest.split_once(char::is_whitespace) {
                     out.env.push(format!("{}={}", k.trim(), v.trim()));
                 }
             }
             "WORKDIR" => out.working_dir = Some(rest.to_string()),
             "USER" => out.user = Some(rest.to_string()),
-            "EXPOSE" => out.exposed_ports.extend(rest.split_whitespace().map(|p| if p.contains('/') { p.to_string() } else { format!("{p}/tcp") })),
-            "VOLUME" => out.volumes.extend(serde_json::from_str::<Vec<String>>(rest).unwrap_or_else(|_| rest.split_whitespace().map(String::from).collect())),
+            "EXPOSE" => out.exposed_ports.extend(rest.split_whitespace().map(|p| {
+                if p.contains('/') {
+                    p.to_string()
+                } else {
+                    format!("{p}/tcp")
+                }
+            })),
+            "VOLUME" => out.volumes.extend(
+                serde_json::from_str::<Vec<String>>(rest)
+                    .unwrap_or_else(|_| rest.split_whitespace().map(String::from).collect()),
+            ),
             "LABEL" => {
                 for kv in rest.split_whitespace() {
                     if let Some((k, v)) = kv.split_once('=') {
-                        out.labels.insert(k.to_string(), v.trim_matches('"').to_string());
+                        out.labels
+                            .insert(k.to_string(), v.trim_matches('"').to_string());
                     }
                 }
             }
             "STOPSIGNAL" => out.stop_signal = Some(rest.to_string()),
-            other => return Err(Error::invalid(format!("{other} is not a valid change command"))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "{other} is not a valid change command"
+                )));
+            }
         }
     }
     Ok(out)
 }
 
+#[allow(clippy::unused_async, reason = "route handlers are async")]
 async fn create(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let from_src = req.query.str("fromSrc").to_string();
     if from_src.is_empty() {
         let image = req.query.str("fromImage");
         return Err(Error::new(
             Kind::NotFound,
-            format!("pull access denied for {image}: pulling from registries is not available in this daemon yet; load or import the image instead"),
+            format!(
+                "pull access denied for {image}: pulling from registries is not available in this daemon yet; load or import the image instead"
+            ),
         ));
     }
     if from_src != "-" {
-        return Err(Error::new(Kind::NotImplemented, "importing from a URL is not available yet; send the archive in the request body"));
+        return Err(Error::new(
+            Kind::NotImplemented,
+            "importing from a URL is not available yet; send the archive in the request body",
+        ));
     }
     let repo = req.query.str("repo");
     let tag = req.query.str("tag");
@@ -292,7 +385,11 @@ async fn create(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Er
                 let _ = tx.send(msg(&json!({"status": id}))).await;
             }
             Err(e) => {
-                let _ = tx.send(msg(&json!({"errorDetail": {"message": e.message}, "error": e.message}))).await;
+                let _ = tx
+                    .send(msg(
+                        &json!({"errorDetail": {"message": e.message}, "error": e.message}),
+                    ))
+                    .await;
             }
         }
     });
@@ -311,20 +408,40 @@ pub async fn commit(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>
     let mut changes = parse_changes(&req.query.all("changes"))?;
     // A Config in the body overrides like --change does.
     let body = req.json().await?;
-    if let Some(cmd) = body.get("Cmd").and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok()) {
+    if let Some(cmd) = body
+        .get("Cmd")
+        .and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok())
+    {
         changes.cmd = Some(cmd);
     }
-    if let Some(env) = body.get("Env").and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok()) {
+    if let Some(env) = body
+        .get("Env")
+        .and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok())
+    {
         changes.env.extend(env);
     }
-    if let Some(labels) = body.get("Labels").and_then(|c| serde_json::from_value::<BTreeMap<String, String>>(c.clone()).ok()) {
+    if let Some(labels) = body
+        .get("Labels")
+        .and_then(|c| serde_json::from_value::<BTreeMap<String, String>>(c.clone()).ok())
+    {
         changes.labels.extend(labels);
     }
-    let pause = req.query.get("pause").is_none_or(|p| p != "0" && p != "false");
+    let pause = req
+        .query
+        .get("pause")
+        .is_none_or(|p| p != "0" && p != "false");
     let options = crate::images::CommitOptions {
         reference,
-        author: req.query.get("author").map(str::to_string).filter(|a| !a.is_empty()),
-        comment: req.query.get("comment").map(str::to_string).filter(|c| !c.is_empty()),
+        author: req
+            .query
+            .get("author")
+            .map(str::to_string)
+            .filter(|a| !a.is_empty()),
+        comment: req
+            .query
+            .get("comment")
+            .map(str::to_string)
+            .filter(|c| !c.is_empty()),
         created_by: None,
         changes,
     };
@@ -338,7 +455,13 @@ mod tests {
 
     #[test]
     fn changes_parse() {
-        let c = parse_changes(&["CMD [\"sh\",\"-c\",\"x\"]".into(), "ENV A=1".into(), "EXPOSE 80".into(), "WORKDIR /srv".into()]).unwrap();
+        let c = parse_changes(&[
+            "CMD [\"sh\",\"-c\",\"x\"]".into(),
+            "ENV A=1".into(),
+            "EXPOSE 80".into(),
+            "WORKDIR /srv".into(),
+        ])
+        .unwrap();
         assert_eq!(c.cmd.unwrap(), ["sh", "-c", "x"]);
         assert_eq!(c.env, ["A=1"]);
         assert_eq!(c.exposed_ports, ["80/tcp"]);

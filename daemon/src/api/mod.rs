@@ -47,7 +47,9 @@ pub fn status_of(kind: Kind) -> StatusCode {
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 /// A body with fixed text.
@@ -64,7 +66,10 @@ pub fn empty() -> Body {
 pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -87,16 +92,23 @@ pub fn error(e: &Error) -> Response<Body> {
 /// A streamed body from a channel of chunks.
 pub fn stream(rx: mpsc::Receiver<Bytes>) -> Body {
     let s = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
     });
     BodyExt::boxed(StreamBody::new(s))
 }
 
 /// A streamed response.
-pub fn streaming(status_code: StatusCode, content_type: &'static str, rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+pub fn streaming(
+    status_code: StatusCode,
+    content_type: &'static str,
+    rx: mpsc::Receiver<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(stream(rx));
     *r.status_mut() = status_code;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -127,11 +139,18 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all(&self, key: &str) -> Vec<String> {
-        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect()
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn str(&self, key: &str) -> &str {
@@ -140,7 +159,10 @@ impl Query {
 
     /// Docker's booleans: 1/true/True/yes, absent or 0/false is false.
     pub fn bool(&self, key: &str) -> bool {
-        matches!(self.get(key).map(str::to_ascii_lowercase).as_deref(), Some("1" | "true" | "yes"))
+        matches!(
+            self.get(key).map(str::to_ascii_lowercase).as_deref(),
+            Some("1" | "true" | "yes")
+        )
     }
 
     pub fn int(&self, key: &str) -> Option<i64> {
@@ -153,12 +175,20 @@ impl Query {
         let Some(raw) = self.get("filters").filter(|f| !f.is_empty()) else {
             return Ok(BTreeMap::new());
         };
-        let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| Error::invalid(format!("invalid filter: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(raw)
+            .map_err(|e| Error::invalid(format!("invalid filter: {e}")))?;
         let mut out = BTreeMap::new();
         for (k, vals) in v.as_object().into_iter().flatten() {
             let list: Vec<String> = match vals {
-                serde_json::Value::Object(m) => m.iter().filter(|(_, on)| on.as_bool() != Some(false)).map(|(k, _)| k.clone()).collect(),
-                serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+                serde_json::Value::Object(m) => m
+                    .iter()
+                    .filter(|(_, on)| on.as_bool() != Some(false))
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
                 serde_json::Value::String(s) => vec![s.clone()],
                 _ => Vec::new(),
             };
@@ -198,7 +228,9 @@ fn version_lt(a: &str, b: &str) -> bool {
 
 impl Req {
     fn take_body(&mut self) -> Result<Incoming, Error> {
-        self.body.take().ok_or_else(|| Error::internal("request body already read"))
+        self.body
+            .take()
+            .ok_or_else(|| Error::internal("request body already read"))
     }
 
     /// The body as bytes (bounded).
@@ -218,7 +250,8 @@ impl Req {
         if b.iter().all(u8::is_ascii_whitespace) {
             return Ok(serde_json::Value::Null);
         }
-        let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| Error::invalid(format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&b).map_err(|e| Error::invalid(format!("invalid JSON: {e}")))?;
         Ok(crate::engine::json::strip_nulls(v))
     }
 
@@ -257,24 +290,46 @@ impl Req {
 }
 
 /// Handle one request.
-pub async fn handle(engine: Arc<Engine>, inner: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    engine: Arc<Engine>,
+    inner: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = inner.method().clone();
     let path = inner.uri().path().to_string();
     let query = Query::parse(inner.uri().query());
     let (version, rest) = match path.strip_prefix("/v").and_then(|p| p.split_once('/')) {
-        Some((v, rest)) if v.chars().all(|c| c.is_ascii_digit() || c == '.') => (v.to_string(), format!("/{rest}")),
+        Some((v, rest)) if v.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+            (v.to_string(), format!("/{rest}"))
+        }
         _ => (API_VERSION.to_string(), path.clone()),
     };
     if version_lt(API_VERSION, &version) {
-        return Ok(json(StatusCode::BAD_REQUEST, &serde_json::json!({"message": format!("client version {version} is too new. Maximum supported API version is {API_VERSION}")})));
+        return Ok(json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"message": format!("client version {version} is too new. Maximum supported API version is {API_VERSION}")}),
+        ));
     }
     if version_lt(&version, MIN_API_VERSION) {
-        return Ok(json(StatusCode::BAD_REQUEST, &serde_json::json!({"message": format!("client version {version} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version")})));
+        return Ok(json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"message": format!("client version {version} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version")}),
+        ));
     }
-    let parts: Vec<String> = rest.split('/').filter(|p| !p.is_empty()).map(decode).collect();
+    let parts: Vec<String> = rest
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(decode)
+        .collect();
     tracing::debug!(%method, %path, "request");
     let (head, body) = inner.into_parts();
-    let req = Req { method, parts, query, head, body: Some(body), version };
+    let req = Req {
+        method,
+        parts,
+        query,
+        head,
+        body: Some(body),
+        version,
+    };
     let resp = match route(engine, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -291,7 +346,10 @@ fn with_common_headers(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
     h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
     h.insert("Ostype", HeaderValue::from_static("linux"));
-    h.insert(header::SERVER, HeaderValue::from_static(concat!("Vessel/", env!("CARGO_PKG_VERSION"), " (linux)")));
+    h.insert(
+        header::SERVER,
+        HeaderValue::from_static(concat!("Vessel/", env!("CARGO_PKG_VERSION"), " (linux)")),
+    );
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
     r
 }
@@ -310,21 +368,43 @@ async fn route(engine: Arc<Engine>, mut req: Req) -> Result<Response<Body>, Erro
         Some("commit") => images::commit(engine, &mut req).await,
         Some("volumes") => system::volumes(engine, &mut req).await,
         Some("networks") => system::networks(&req),
-        Some("auth") => Err(Error::new(Kind::NotImplemented, "registry login is not available in this daemon yet")),
-        Some("build") => Err(Error::new(Kind::NotImplemented, "building images is not available in this daemon yet")),
-        Some("swarm") if p.get(1) == Some(&"leave") => Err(Error::new(Kind::Unavailable, "This node is not part of a swarm")),
+        Some("auth") => Err(Error::new(
+            Kind::NotImplemented,
+            "registry login is not available in this daemon yet",
+        )),
+        Some("build") => Err(Error::new(
+            Kind::NotImplemented,
+            "building images is not available in this daemon yet",
+        )),
+        Some("swarm") if p.get(1) == Some(&"leave") => Err(Error::new(
+            Kind::Unavailable,
+            "This node is not part of a swarm",
+        )),
         Some("swarm" | "nodes" | "services" | "tasks" | "secrets" | "configs") => Err(Error::new(
             Kind::Unavailable,
             "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
         )),
-        Some("plugins") if req.method == Method::GET && p.len() == 1 => Ok(json(StatusCode::OK, &serde_json::json!([]))),
-        Some("plugins" | "session" | "distribution" | "grpc") => Err(Error::new(Kind::NotImplemented, format!("{} is not supported by this daemon", p[0]))),
-        _ => Err(Error::not_found(format!("page not found: {} /{}", req.method, p.join("/")))),
+        Some("plugins") if req.method == Method::GET && p.len() == 1 => {
+            Ok(json(StatusCode::OK, &serde_json::json!([])))
+        }
+        Some("plugins" | "session" | "distribution" | "grpc") => Err(Error::new(
+            Kind::NotImplemented,
+            format!("{} is not supported by this daemon", p[0]),
+        )),
+        _ => Err(Error::not_found(format!(
+            "page not found: {} /{}",
+            req.method,
+            p.join("/")
+        ))),
     }
 }
 
 /// Serve connections from a listener until `shutdown` resolves.
-pub async fn serve_unix(engine: Arc<Engine>, listener: tokio::net::UnixListener, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve_unix(
+    engine: Arc<Engine>,
+    listener: tokio::net::UnixListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -336,7 +416,12 @@ pub async fn serve_unix(engine: Arc<Engine>, listener: tokio::net::UnixListener,
 }
 
 /// Serve TCP connections (plain, when explicitly allowed, or TLS).
-pub async fn serve_tcp(engine: Arc<Engine>, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve_tcp(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -365,7 +450,9 @@ where
 {
     tokio::spawn(async move {
         let svc = hyper::service::service_fn(move |req| handle(engine.clone(), req));
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades();
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades();
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection");
         }

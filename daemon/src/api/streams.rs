@@ -27,7 +27,11 @@ pub fn docker_frame(stream: u8, data: &[u8]) -> Vec<u8> {
 }
 
 fn content_type(tty: bool) -> &'static str {
-    if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" }
+    if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    }
 }
 
 /// The 101 response that starts a hijacked stream.
@@ -35,7 +39,10 @@ pub fn upgrade_response(tty: bool) -> Response<Body> {
     let mut r = Response::new(super::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(tty)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(tty)),
+    );
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
     r
@@ -46,7 +53,9 @@ pub fn upgrade_response(tty: bool) -> Response<Body> {
 /// status when the shim reports one.
 pub fn spawn_hijacked(
     upgrade: hyper::upgrade::OnUpgrade,
-    conn: impl std::future::Future<Output = Result<shim::Conn, crate::engine::error::Error>> + Send + 'static,
+    conn: impl std::future::Future<Output = Result<shim::Conn, crate::engine::error::Error>>
+    + Send
+    + 'static,
     tty: bool,
     stdin: bool,
     resize: Option<mpsc::Receiver<(u16, u16)>>,
@@ -81,11 +90,15 @@ pub fn spawn_hijacked(
                 loop {
                     match client_r.read(&mut buf).await {
                         Ok(0) | Err(_) => {
-                            let _ = shim::write_frame(&mut *w.lock().await, Kind::CloseStdin, b"").await;
+                            let _ = shim::write_frame(&mut *w.lock().await, Kind::CloseStdin, b"")
+                                .await;
                             break;
                         }
                         Ok(n) => {
-                            if shim::write_frame(&mut *w.lock().await, Kind::Stdin, &buf[..n]).await.is_err() {
+                            if shim::write_frame(&mut *w.lock().await, Kind::Stdin, &buf[..n])
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
                         }
@@ -101,7 +114,10 @@ pub fn spawn_hijacked(
                 while let Some((rows, cols)) = rx.recv().await {
                     let mut p = rows.to_be_bytes().to_vec();
                     p.extend_from_slice(&cols.to_be_bytes());
-                    if shim::write_frame(&mut *w.lock().await, Kind::Resize, &p).await.is_err() {
+                    if shim::write_frame(&mut *w.lock().await, Kind::Resize, &p)
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -131,6 +147,9 @@ pub fn spawn_hijacked(
                 Ok(None) | Err(_) => break,
             }
         }
+        // Record the exit before the client sees the end of the stream: the
+        // docker CLI asks for the exit code as soon as it does.
+        on_exit(exit);
         let _ = client_w.flush().await;
         let _ = client_w.shutdown().await;
         if let Some(t) = input {
@@ -139,13 +158,14 @@ pub fn spawn_hijacked(
         if let Some(t) = resizer {
             t.abort();
         }
-        on_exit(exit);
     });
 }
 
 /// Without an upgrade: stream the output as the response body.
 pub fn body_stream(
-    conn: impl std::future::Future<Output = Result<shim::Conn, crate::engine::error::Error>> + Send + 'static,
+    conn: impl std::future::Future<Output = Result<shim::Conn, crate::engine::error::Error>>
+    + Send
+    + 'static,
     tty: bool,
     on_exit: impl FnOnce(Option<ExitStatus>) + Send + 'static,
 ) -> Response<Body> {

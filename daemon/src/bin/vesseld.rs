@@ -6,7 +6,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "vesseld", version, about = "Vessel's container engine daemon (Docker-compatible API)")]
+#[command(
+    name = "vesseld",
+    version,
+    about = "Vessel's container engine daemon (Docker-compatible API)"
+)]
 struct Cli {
     /// Persistent state (images, containers, volumes).
     #[arg(long, default_value = "/var/lib/vessel", env = "VESSEL_ROOT")]
@@ -46,10 +50,14 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(vesseld::daemon::run(vesseld::daemon::Options {
         root: cli.root,
         exec_root: cli.exec_root,

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
-use super::types::{ContainerConfig, HealthView, HostConfig, MountPoint, NetworkingConfig, StateView};
+use super::types::{
+    ContainerConfig, HealthView, HostConfig, MountPoint, NetworkingConfig, StateView,
+};
 
 /// Where the daemon keeps things.
 #[derive(Debug, Clone)]
@@ -178,12 +180,27 @@ impl Container {
     pub fn human_status(&self, now_secs: i64) -> String {
         let since = |t: &str| now_secs - parse_rfc3339(t).unwrap_or(now_secs);
         match self.state.status {
-            Status::Running => format!("Up {}{}", human_duration(since(&self.state.started_at)), self.health_suffix()),
-            Status::Paused => format!("Up {} (Paused)", human_duration(since(&self.state.started_at))),
-            Status::Restarting => format!("Restarting ({}) {} ago", self.state.exit_code, human_duration(since(&self.state.finished_at))),
+            Status::Running => format!(
+                "Up {}{}",
+                human_duration(since(&self.state.started_at)),
+                self.health_suffix()
+            ),
+            Status::Paused => format!(
+                "Up {} (Paused)",
+                human_duration(since(&self.state.started_at))
+            ),
+            Status::Restarting => format!(
+                "Restarting ({}) {} ago",
+                self.state.exit_code,
+                human_duration(since(&self.state.finished_at))
+            ),
             Status::Exited => {
                 if self.has_been_started {
-                    format!("Exited ({}) {} ago", self.state.exit_code, human_duration(since(&self.state.finished_at)))
+                    format!(
+                        "Exited ({}) {} ago",
+                        self.state.exit_code,
+                        human_duration(since(&self.state.finished_at))
+                    )
                 } else {
                     "Created".into()
                 }
@@ -213,12 +230,16 @@ pub fn load_all(paths: &Paths) -> Vec<Container> {
         let file = e.path().join("container.json");
         match std::fs::read(&file).map(|d| serde_json::from_slice::<Container>(&d)) {
             Ok(Ok(c)) => out.push(c),
-            Ok(Err(err)) => tracing::warn!(file = %file.display(), error = %err, "skipping corrupt container record"),
+            Ok(Err(err)) => {
+                tracing::warn!(file = %file.display(), error = %err, "skipping corrupt container record");
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 // A create that died before writing its record.
                 let _ = std::fs::remove_dir_all(e.path());
             }
-            Err(err) => tracing::warn!(file = %file.display(), error = %err, "cannot read container record"),
+            Err(err) => {
+                tracing::warn!(file = %file.display(), error = %err, "cannot read container record");
+            }
         }
     }
     out
@@ -243,10 +264,10 @@ pub fn new_id() -> String {
 }
 
 const LEFT: &[&str] = &[
-    "amber", "bold", "brave", "calm", "clever", "cosy", "crisp", "eager", "fair", "fond",
-    "gentle", "glad", "golden", "happy", "jolly", "keen", "kind", "lively", "lucid", "merry",
-    "mellow", "nimble", "noble", "proud", "quick", "quiet", "rapid", "serene", "sharp", "shy",
-    "silent", "steady", "sunny", "swift", "tidy", "vivid", "warm", "wise", "witty", "young",
+    "amber", "bold", "brave", "calm", "clever", "cosy", "crisp", "eager", "fair", "fond", "gentle",
+    "glad", "golden", "happy", "jolly", "keen", "kind", "lively", "lucid", "merry", "mellow",
+    "nimble", "noble", "proud", "quick", "quiet", "rapid", "serene", "sharp", "shy", "silent",
+    "steady", "sunny", "swift", "tidy", "vivid", "warm", "wise", "witty", "young",
 ];
 const RIGHT: &[&str] = &[
     "anchor", "barge", "beacon", "brig", "buoy", "canoe", "cargo", "clipper", "compass", "cutter",
@@ -276,17 +297,17 @@ pub fn parse_rfc3339(t: &str) -> Option<i64> {
         return None;
     }
     let num = |s: &str| s.parse::<i64>().ok();
-    let (y, mo, d) = (num(&t[0..4])?, num(&t[5..7])?, num(&t[8..10])?);
-    let (h, mi, s) = (num(&t[11..13])?, num(&t[14..16])?, num(&t[17..19])?);
+    let (year, month, day) = (num(&t[0..4])?, num(&t[5..7])?, num(&t[8..10])?);
+    let (hour, minute, second) = (num(&t[11..13])?, num(&t[14..16])?, num(&t[17..19])?);
     // Days from civil date (proleptic Gregorian).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// Docker's wording for a duration ("Less than a second", "3 minutes", "About an hour").

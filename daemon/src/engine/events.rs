@@ -66,8 +66,16 @@ impl Bus {
             .unwrap_or_default();
         let legacy = kind == "container" || kind == "image";
         let ev = Event {
-            status: if legacy { action.to_string() } else { String::new() },
-            id: if legacy { id.to_string() } else { String::new() },
+            status: if legacy {
+                action.to_string()
+            } else {
+                String::new()
+            },
+            id: if legacy {
+                id.to_string()
+            } else {
+                String::new()
+            },
             from: if kind == "container" {
                 attributes.get("image").cloned().unwrap_or_default()
             } else {
@@ -84,7 +92,10 @@ impl Bus {
             time_nano: now.as_nanos() as i128,
         };
         {
-            let mut h = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut h = self
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if h.len() >= HISTORY {
                 h.pop_front();
             }
@@ -96,7 +107,10 @@ impl Bus {
     /// Past events and a receiver for the ones to come (taken together, so
     /// none is missed or seen twice).
     pub fn subscribe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
-        let h = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let h = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rx = self.tx.subscribe();
         (h.iter().cloned().collect(), rx)
     }
@@ -111,11 +125,13 @@ pub fn matches(ev: &Event, filters: &BTreeMap<String, Vec<String>>) -> bool {
             "event" => ev.action == *v || ev.action.split(':').next() == Some(v.as_str()),
             "container" => {
                 ev.kind == "container"
-                    && (ev.actor.id.starts_with(v.as_str()) || ev.actor.attributes.get("name") == Some(v))
+                    && (ev.actor.id.starts_with(v.as_str())
+                        || ev.actor.attributes.get("name") == Some(v))
             }
             "image" => {
                 ev.actor.attributes.get("image") == Some(v)
-                    || (ev.kind == "image" && (ev.actor.id == *v || ev.actor.id.starts_with(v.as_str())))
+                    || (ev.kind == "image"
+                        && (ev.actor.id == *v || ev.actor.id.starts_with(v.as_str())))
             }
             "volume" => ev.kind == "volume" && ev.actor.id == *v,
             "label" => match v.split_once('=') {
@@ -134,7 +150,10 @@ mod tests {
     #[test]
     fn history_and_filters() {
         let bus = Bus::default();
-        let attrs = BTreeMap::from([("name".to_string(), "web".to_string()), ("image".to_string(), "busybox".to_string())]);
+        let attrs = BTreeMap::from([
+            ("name".to_string(), "web".to_string()),
+            ("image".to_string(), "busybox".to_string()),
+        ]);
         bus.emit("container", "start", "abc123", attrs);
         bus.emit("volume", "create", "data", BTreeMap::new());
         let (past, _rx) = bus.subscribe();
@@ -142,7 +161,10 @@ mod tests {
         let f = BTreeMap::from([("container".to_string(), vec!["web".to_string()])]);
         assert!(matches(&past[0], &f));
         assert!(!matches(&past[1], &f));
-        let f = BTreeMap::from([("type".to_string(), vec!["volume".to_string(), "network".to_string()])]);
+        let f = BTreeMap::from([(
+            "type".to_string(),
+            vec!["volume".to_string(), "network".to_string()],
+        )]);
         assert!(matches(&past[1], &f));
         assert_eq!(past[0].status, "start");
         assert_eq!(past[0].from, "busybox");

@@ -32,8 +32,18 @@ pub struct ExecState {
 impl Exec {
     /// The inspect document.
     pub fn inspect(&self) -> Value {
-        let st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let (entrypoint, arguments) = self.config.cmd.split_first().map_or((String::new(), Vec::new()), |(a, b)| (a.clone(), b.to_vec()));
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (entrypoint, arguments) = self
+            .config
+            .cmd
+            .split_first()
+            .map_or((String::new(), Vec::new()), |(a, b)| {
+                (a.clone(), b.to_vec())
+            });
         json!({
             "ID": self.id,
             "Running": st.running,
@@ -56,7 +66,10 @@ impl Exec {
     }
 
     fn set(&self, f: impl FnOnce(&mut ExecState)) {
-        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 }
 
@@ -67,8 +80,18 @@ impl Engine {
         let c = entry.rec.lock().await;
         match c.state.status {
             Status::Running => {}
-            Status::Paused => return Err(Error::conflict(format!("Container {} is paused, unpause the container before exec", c.id))),
-            _ => return Err(Error::conflict(format!("Container {} is not running", c.id))),
+            Status::Paused => {
+                return Err(Error::conflict(format!(
+                    "Container {} is paused, unpause the container before exec",
+                    c.id
+                )));
+            }
+            _ => {
+                return Err(Error::conflict(format!(
+                    "Container {} is not running",
+                    c.id
+                )));
+            }
         }
         if cfg.cmd.is_empty() {
             return Err(Error::invalid("No exec command specified"));
@@ -80,10 +103,15 @@ impl Engine {
             config: cfg,
             state: std::sync::Mutex::new(ExecState::default()),
         });
-        self.execs().lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), exec);
+        self.execs()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), exec);
         let mut a = attrs(&c);
         a.insert("execID".into(), id.clone());
-        self.events.emit("container", &format!("exec_create: {}", c.config.cmd.join(" ")), &c.id, a);
+        let cmd = exec_cmd_text(&self.exec_get(&id)?.config);
+        self.events
+            .emit("container", &format!("exec_create: {cmd}"), &c.id, a);
         Ok(id)
     }
 
@@ -99,9 +127,17 @@ impl Engine {
 
     /// The OCI process for an exec: the container's own process settings
     /// with the exec's command, environment, user and directory.
-    async fn exec_process(&self, container_id: &str, cfg: &ExecConfig) -> Result<oci_spec::runtime::Process> {
-        let bundle = self.paths.container(container_id).join("bundle/config.json");
-        let spec: Value = serde_json::from_slice(&tokio::fs::read(&bundle).await?).map_err(|e| Error::internal(e.to_string()))?;
+    async fn exec_process(
+        &self,
+        container_id: &str,
+        cfg: &ExecConfig,
+    ) -> Result<oci_spec::runtime::Process> {
+        let bundle = self
+            .paths
+            .container(container_id)
+            .join("bundle/config.json");
+        let spec: Value = serde_json::from_slice(&tokio::fs::read(&bundle).await?)
+            .map_err(|e| Error::internal(e.to_string()))?;
         let mut p = spec["process"].clone();
         p["args"] = json!(cfg.cmd);
         p["terminal"] = json!(cfg.tty);
@@ -139,18 +175,29 @@ impl Engine {
     pub async fn exec_start(&self, exec_id: &str) -> Result<(shim::Conn, Arc<Exec>)> {
         let exec = self.exec_get(exec_id)?;
         {
-            let mut st = exec.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut st = exec
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if st.started {
-                return Err(Error::conflict(format!("Error: Exec command {exec_id} has already run")));
+                return Err(Error::conflict(format!(
+                    "Error: Exec command {exec_id} has already run"
+                )));
             }
             st.started = true;
         }
         let entry = self.get(&exec.container_id)?;
         if entry.rec.lock().await.state.status != Status::Running {
-            return Err(Error::conflict(format!("Container {} is not running", exec.container_id)));
+            return Err(Error::conflict(format!(
+                "Container {} is not running",
+                exec.container_id
+            )));
         }
         let process = self.exec_process(&exec.container_id, &exec.config).await?;
-        let req = Request::Exec { process, stdin: exec.config.attach_stdin };
+        let req = Request::Exec {
+            process,
+            stdin: exec.config.attach_stdin,
+        };
         let (conn, resp) = shim::request(&self.paths.shim(&exec.container_id), &req).await?;
         exec.set(|s| {
             s.running = true;
@@ -160,7 +207,12 @@ impl Engine {
             let c = entry.rec.lock().await;
             let mut a = attrs(&c);
             a.insert("execID".into(), exec.id.clone());
-            self.events.emit("container", &format!("exec_start: {}", exec.config.cmd.join(" ")), &c.id, a);
+            self.events.emit(
+                "container",
+                &format!("exec_start: {}", exec_cmd_text(&exec.config)),
+                &c.id,
+                a,
+            );
         }
         Ok((conn, exec))
     }
@@ -174,37 +226,58 @@ impl Engine {
         let mut a = std::collections::BTreeMap::new();
         a.insert("execID".into(), exec.id.clone());
         a.insert("exitCode".into(), code.to_string());
-        self.events.emit("container", "exec_die", &exec.container_id, a);
+        self.events
+            .emit("container", "exec_die", &exec.container_id, a);
     }
 
     /// Resize an exec's terminal.
     pub async fn exec_resize(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()> {
         let exec = self.exec_get(exec_id)?;
-        if !exec.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).running {
+        if !exec
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .running
+        {
             return Err(Error::conflict(format!("Exec {exec_id} is not running")));
         }
         let sender = exec_resize_sender(&exec);
         match sender {
-            Some(tx) => tx.send((rows, cols)).await.map_err(|_| Error::conflict("exec finished")),
+            Some(tx) => tx
+                .send((rows, cols))
+                .await
+                .map_err(|_| Error::conflict("exec finished")),
             None => Ok(()),
         }
     }
 }
 
+fn exec_cmd_text(cfg: &ExecConfig) -> String {
+    cfg.cmd.join(" ")
+}
+
 /// Resize requests reach the exec's stream handler through a channel the
 /// handler registers.
-static RESIZERS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<(u16, u16)>>>> =
+type ResizerMap = std::collections::HashMap<String, tokio::sync::mpsc::Sender<(u16, u16)>>;
+static RESIZERS: std::sync::LazyLock<std::sync::Mutex<ResizerMap>> =
     std::sync::LazyLock::new(|| std::sync::Mutex::new(std::collections::HashMap::new()));
 
 fn exec_resize_sender(exec: &Exec) -> Option<tokio::sync::mpsc::Sender<(u16, u16)>> {
-    RESIZERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&exec.id).cloned()
+    RESIZERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&exec.id)
+        .cloned()
 }
 
 /// Register the resize channel of a running exec (done by the stream
 /// handler); dropped when the returned guard drops.
 pub fn register_resizer(exec_id: &str) -> (tokio::sync::mpsc::Receiver<(u16, u16)>, ResizeGuard) {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    RESIZERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(exec_id.to_string(), tx);
+    RESIZERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(exec_id.to_string(), tx);
     (rx, ResizeGuard(exec_id.to_string()))
 }
 
@@ -213,48 +286,79 @@ pub struct ResizeGuard(String);
 
 impl Drop for ResizeGuard {
     fn drop(&mut self) {
-        RESIZERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.0);
+        RESIZERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.0);
     }
 }
 
 /// Run one process to completion through the shim, collecting its output
 /// (for health checks). `None` when it did not finish within `timeout`.
-async fn run_collect(engine: &Engine, container_id: &str, cmd: Vec<String>, timeout: Duration) -> Result<Option<(i32, String)>> {
-    let cfg = ExecConfig { cmd, attach_stdout: true, attach_stderr: true, ..ExecConfig::default() };
+async fn run_collect(
+    engine: &Engine,
+    container_id: &str,
+    cmd: Vec<String>,
+    timeout: Duration,
+) -> Result<Option<(i32, String)>> {
+    let cfg = ExecConfig {
+        cmd,
+        attach_stdout: true,
+        attach_stderr: true,
+        ..ExecConfig::default()
+    };
     let process = engine.exec_process(container_id, &cfg).await?;
-    let (mut conn, resp) = shim::request(&engine.paths.shim(container_id), &Request::Exec { process, stdin: false }).await?;
+    let (mut conn, resp) = shim::request(
+        &engine.paths.shim(container_id),
+        &Request::Exec {
+            process,
+            stdin: false,
+        },
+    )
+    .await?;
     let pid = resp.pid.unwrap_or(0);
     let collect = async {
         let mut out = Vec::new();
         while let Some((kind, payload)) = shim::read_frame(&mut conn.reader).await? {
             match kind {
-                Kind::Stdout | Kind::Stderr => {
-                    if out.len() < 4096 {
-                        out.extend_from_slice(&payload);
-                    }
+                Kind::Stdout | Kind::Stderr if out.len() < 4096 => {
+                    out.extend_from_slice(&payload);
                 }
                 Kind::Exit => {
-                    let st: vessel_runtime::shim::protocol::ExitStatus = serde_json::from_slice(&payload).map_err(|e| Error::internal(e.to_string()))?;
-                    return Ok::<_, Error>(Some((st.code, String::from_utf8_lossy(&out).into_owned())));
+                    let st: vessel_runtime::shim::protocol::ExitStatus =
+                        serde_json::from_slice(&payload)
+                            .map_err(|e| Error::internal(e.to_string()))?;
+                    return Ok::<_, Error>(Some((
+                        st.code,
+                        String::from_utf8_lossy(&out).into_owned(),
+                    )));
                 }
                 _ => {}
             }
         }
         Ok(None)
     };
-    match tokio::time::timeout(timeout, collect).await {
-        Ok(r) => r,
-        Err(_) => {
-            if pid > 0 {
-                let _ = vessel_runtime::parse_signal("KILL").map(|s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::try_from(s).ok()));
-            }
-            Ok(None)
+    if let Ok(r) = tokio::time::timeout(timeout, collect).await {
+        r
+    } else {
+        if pid > 0 {
+            let _ = vessel_runtime::parse_signal("KILL").map(|s| {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::try_from(s).ok(),
+                )
+            });
         }
+        Ok(None)
     }
 }
 
 fn nanos(v: i64, default_secs: u64) -> Duration {
-    if v > 0 { Duration::from_nanos(v as u64) } else { Duration::from_secs(default_secs) }
+    if v > 0 {
+        Duration::from_nanos(v as u64)
+    } else {
+        Duration::from_secs(default_secs)
+    }
 }
 
 /// Run a container's health check on its schedule while it runs.
@@ -263,7 +367,10 @@ pub fn spawn_health_checks(engine: Arc<Engine>, id: String) {
         let Ok(entry) = engine.get(&id) else { return };
         let (hc, starts) = {
             let c = entry.rec.lock().await;
-            (c.config.healthcheck.clone().unwrap_or_default(), entry.watch().borrow().starts)
+            (
+                c.config.healthcheck.clone().unwrap_or_default(),
+                entry.watch().borrow().starts,
+            )
         };
         let cmd: Vec<String> = match hc.test.first().map(String::as_str) {
             Some("CMD") => hc.test[1..].to_vec(),
@@ -272,14 +379,22 @@ pub fn spawn_health_checks(engine: Arc<Engine>, id: String) {
         };
         let interval = nanos(hc.interval, 30);
         let timeout = nanos(hc.timeout, 30);
-        let start_period = if hc.start_period > 0 { Duration::from_nanos(hc.start_period as u64) } else { Duration::ZERO };
+        let start_period = if hc.start_period > 0 {
+            Duration::from_nanos(hc.start_period as u64)
+        } else {
+            Duration::ZERO
+        };
         let retries = if hc.retries > 0 { hc.retries as u32 } else { 3 };
         let started = tokio::time::Instant::now();
         let mut rx = entry.watch();
         loop {
             // Wait for the next check, or stop when the container does.
             let first = started.elapsed() < start_period && hc.start_interval > 0;
-            let wait = if first { Duration::from_nanos(hc.start_interval as u64) } else { interval };
+            let wait = if first {
+                Duration::from_nanos(hc.start_interval as u64)
+            } else {
+                interval
+            };
             let stopped = tokio::select! {
                 () = tokio::time::sleep(wait) => false,
                 r = rx.changed() => r.is_err() || rx.borrow().starts != starts || !rx.borrow().status.is_live(),
@@ -292,7 +407,10 @@ pub fn spawn_health_checks(engine: Arc<Engine>, id: String) {
             let end = vessel_runtime::state::now_rfc3339();
             let (code, output) = match result {
                 Ok(Some((code, out))) => (code, out),
-                Ok(None) => (-1, format!("Health check exceeded timeout ({}s)", timeout.as_secs())),
+                Ok(None) => (
+                    -1,
+                    format!("Health check exceeded timeout ({}s)", timeout.as_secs()),
+                ),
                 Err(e) => (-1, e.message),
             };
             let mut c = entry.rec.lock().await;
@@ -300,8 +418,15 @@ pub fn spawn_health_checks(engine: Arc<Engine>, id: String) {
                 return;
             }
             let in_start_period = started.elapsed() < start_period;
-            let Some(h) = c.state.health.as_mut() else { return };
-            h.log.push(HealthLog { start: begin, end, exit_code: code, output });
+            let Some(h) = c.state.health.as_mut() else {
+                return;
+            };
+            h.log.push(HealthLog {
+                start: begin,
+                end,
+                exit_code: code,
+                output,
+            });
             if h.log.len() > 5 {
                 h.log.remove(0);
             }
@@ -318,7 +443,12 @@ pub fn spawn_health_checks(engine: Arc<Engine>, id: String) {
             let after = h.status.clone();
             let _ = entry.persist(&engine.paths, &c);
             if before != after {
-                engine.events.emit("container", &format!("health_status: {after}"), &id, attrs(&c));
+                engine.events.emit(
+                    "container",
+                    &format!("health_status: {after}"),
+                    &id,
+                    attrs(&c),
+                );
             }
         }
     });

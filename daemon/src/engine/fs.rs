@@ -27,7 +27,10 @@ pub struct ChanWriter {
 
 impl ChanWriter {
     pub fn new(tx: mpsc::Sender<Bytes>) -> ChanWriter {
-        ChanWriter { tx, buf: Vec::with_capacity(64 * 1024) }
+        ChanWriter {
+            tx,
+            buf: Vec::with_capacity(64 * 1024),
+        }
     }
 }
 
@@ -74,13 +77,18 @@ pub fn resolve_in_root(rootfs: &Path, path: &str) -> Result<PathBuf> {
             stack.pop();
             continue;
         }
-        let host: PathBuf = std::iter::once(rootfs.as_os_str().to_os_string()).chain(stack.iter().cloned()).chain(std::iter::once(name.clone())).collect();
+        let host: PathBuf = std::iter::once(rootfs.as_os_str().to_os_string())
+            .chain(stack.iter().cloned())
+            .chain(std::iter::once(name.clone()))
+            .collect();
         let is_last = todo.is_empty();
         match std::fs::symlink_metadata(&host) {
             Ok(m) if m.file_type().is_symlink() && !is_last => {
                 hops += 1;
                 if hops > 40 {
-                    return Err(Error::invalid(format!("too many levels of symbolic links in {path}")));
+                    return Err(Error::invalid(format!(
+                        "too many levels of symbolic links in {path}"
+                    )));
                 }
                 let target = std::fs::read_link(&host)?;
                 if target.is_absolute() {
@@ -97,12 +105,15 @@ pub fn resolve_in_root(rootfs: &Path, path: &str) -> Result<PathBuf> {
             _ => stack.push(name),
         }
     }
-    Ok(std::iter::once(rootfs.as_os_str().to_os_string()).chain(stack).collect())
+    Ok(std::iter::once(rootfs.as_os_str().to_os_string())
+        .chain(stack)
+        .collect())
 }
 
 /// Docker's path stat (`X-Docker-Container-Path-Stat`), with a Go file mode.
 pub fn path_stat(host: &Path, name: &str) -> Result<serde_json::Value> {
-    let m = std::fs::symlink_metadata(host).map_err(|_| Error::not_found(format!("Could not find the file {name} in container")))?;
+    let m = std::fs::symlink_metadata(host)
+        .map_err(|_| Error::not_found(format!("Could not find the file {name} in container")))?;
     let mut mode = m.mode() & 0o777;
     let ft = m.file_type();
     if ft.is_dir() {
@@ -119,8 +130,16 @@ pub fn path_stat(host: &Path, name: &str) -> Result<serde_json::Value> {
     if m.mode() & 0o1000 != 0 {
         mode |= 1 << 20;
     }
-    let link = if ft.is_symlink() { std::fs::read_link(host).map(|p| p.display().to_string()).unwrap_or_default() } else { String::new() };
-    let base = Path::new(name).file_name().map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
+    let link = if ft.is_symlink() {
+        std::fs::read_link(host)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let base = Path::new(name)
+        .file_name()
+        .map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
     Ok(json!({
         "name": base,
         "size": m.len(),
@@ -134,7 +153,7 @@ pub fn path_stat(host: &Path, name: &str) -> Result<serde_json::Value> {
 struct Paused<'a> {
     engine: &'a Engine,
     id: String,
-    paused: bool,
+    active: bool,
 }
 
 impl<'a> Paused<'a> {
@@ -144,11 +163,15 @@ impl<'a> Paused<'a> {
             Err(_) => false,
         };
         let paused = running && engine.runtime_freeze(id, true).await.is_ok();
-        Paused { engine, id: id.to_string(), paused }
+        Paused {
+            engine,
+            id: id.to_string(),
+            active: paused,
+        }
     }
 
     async fn done(self) {
-        if self.paused {
+        if self.active {
             let _ = self.engine.runtime_freeze(&self.id, false).await;
         }
     }
@@ -203,7 +226,11 @@ impl Engine {
     }
 
     /// `GET /containers/{id}/archive`: a tar of a path and its stat.
-    pub async fn archive_get(&self, reference: &str, path: &str) -> Result<(serde_json::Value, mpsc::Receiver<Bytes>)> {
+    pub async fn archive_get(
+        &self,
+        reference: &str,
+        path: &str,
+    ) -> Result<(serde_json::Value, mpsc::Receiver<Bytes>)> {
         let (id, rootfs) = self.rootfs_of(reference).await?;
         let guard = Paused::new(self, &id).await;
         let host = match resolve_in_root(&rootfs, path) {
@@ -244,19 +271,33 @@ impl Engine {
     }
 
     /// `PUT /containers/{id}/archive`: extract a tar into a directory.
-    pub async fn archive_put(&self, reference: &str, path: &str, body: mpsc::Receiver<Bytes>) -> Result<()> {
+    pub async fn archive_put(
+        &self,
+        reference: &str,
+        path: &str,
+        body: mpsc::Receiver<Bytes>,
+    ) -> Result<()> {
         let (id, rootfs) = self.rootfs_of(reference).await?;
         let guard = Paused::new(self, &id).await;
         let result = async {
             let host = resolve_in_root(&rootfs, path)?;
-            let meta = std::fs::metadata(&host).map_err(|_| Error::not_found(format!("Could not find the file {path} in container {id}")))?;
+            let meta = std::fs::metadata(&host).map_err(|_| {
+                Error::not_found(format!("Could not find the file {path} in container {id}"))
+            })?;
             if !meta.is_dir() {
-                return Err(Error::invalid(format!("extraction point is not a directory: {path}")));
+                return Err(Error::invalid(format!(
+                    "extraction point is not a directory: {path}"
+                )));
             }
             blocking(move || {
                 let reader = ChanReader::new(body);
                 let limits = crate::images::Limits::default();
-                crate::images::layer::apply(reader, &host, None, &limits).map_err(|e| Error::invalid(format!("extracting the archive: {}", super::error::chain(&e))))?;
+                crate::images::layer::apply(reader, &host, None, &limits).map_err(|e| {
+                    Error::invalid(format!(
+                        "extracting the archive: {}",
+                        super::error::chain(&e)
+                    ))
+                })?;
                 Ok(())
             })
             .await
@@ -287,16 +328,26 @@ impl Engine {
     }
 
     /// `POST /commit`: a new image from the container's changes.
-    pub async fn commit(&self, reference: &str, options: crate::images::CommitOptions, pause: bool) -> Result<String> {
+    pub async fn commit(
+        &self,
+        reference: &str,
+        options: crate::images::CommitOptions,
+        pause: bool,
+    ) -> Result<String> {
         let entry = self.get(reference)?;
         let (id, image) = {
             let c = entry.rec.lock().await;
             (c.id.clone(), c.image_id.clone())
         };
-        let guard = if pause { Some(Paused::new(self, &id).await) } else { None };
+        let guard = if pause {
+            Some(Paused::new(self, &id).await)
+        } else {
+            None
+        };
         let upper = self.paths.container(&id).join("upper");
         let images = self.images.clone();
-        let r = blocking(move || Ok(images.commit(&upper, Some(&image), &options)?.to_string())).await;
+        let r =
+            blocking(move || Ok(images.commit(&upper, Some(&image), &options)?.to_string())).await;
         if let Some(g) = guard {
             g.done().await;
         }
@@ -309,12 +360,19 @@ impl Engine {
     }
 
     /// `GET /containers/{id}/top`: `ps` output for the container's processes.
-    pub async fn top(&self, reference: &str, ps_args: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    pub async fn top(
+        &self,
+        reference: &str,
+        ps_args: &str,
+    ) -> Result<(Vec<String>, Vec<Vec<String>>)> {
         let entry = self.get(reference)?;
         let id = {
             let c = entry.rec.lock().await;
             if !c.state.status.is_live() {
-                return Err(Error::conflict(format!("Container {} is not running", c.id)));
+                return Err(Error::conflict(format!(
+                    "Container {} is not running",
+                    c.id
+                )));
             }
             c.id.clone()
         };
@@ -324,25 +382,57 @@ impl Engine {
             Ok(vessel_runtime::container::pids(&r, &id)?)
         })
         .await?;
-        let args: Vec<String> = if ps_args.is_empty() { vec!["-ef".into()] } else { ps_args.split_whitespace().map(String::from).collect() };
-        let out = tokio::process::Command::new("ps").args(&args).output().await.map_err(|e| Error::internal(format!("ps: {e}")))?;
+        let args: Vec<String> = if ps_args.is_empty() {
+            vec!["-ef".into()]
+        } else {
+            ps_args.split_whitespace().map(String::from).collect()
+        };
+        let out = tokio::process::Command::new("ps")
+            .args(&args)
+            .output()
+            .await
+            .map_err(|e| Error::internal(format!("ps: {e}")))?;
         if !out.status.success() {
-            return Err(Error::invalid(format!("Error running ps: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            return Err(Error::invalid(format!(
+                "Error running ps: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let mut lines = text.lines();
-        let header: Vec<String> = lines.next().unwrap_or("").split_whitespace().map(String::from).collect();
-        let pid_col = header.iter().position(|h| h == "PID").ok_or_else(|| Error::invalid("Couldn't find PID field in ps output"))?;
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let pid_col = header
+            .iter()
+            .position(|h| h == "PID")
+            .ok_or_else(|| Error::invalid("Couldn't find PID field in ps output"))?;
         let mut procs = Vec::new();
         for l in lines {
             let fields: Vec<&str> = l.split_whitespace().collect();
-            let Some(pid) = fields.get(pid_col).and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let Some(pid) = fields.get(pid_col).and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
             if !pids.contains(&pid) {
                 continue;
             }
             // The last column (the command) may contain spaces.
-            let mut row: Vec<String> = fields.iter().take(header.len() - 1).map(|s| (*s).to_string()).collect();
-            row.push(fields.iter().skip(header.len() - 1).copied().collect::<Vec<_>>().join(" "));
+            let mut row: Vec<String> = fields
+                .iter()
+                .take(header.len() - 1)
+                .map(|s| (*s).to_string())
+                .collect();
+            row.push(
+                fields
+                    .iter()
+                    .skip(header.len() - 1)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
             procs.push(row);
         }
         Ok((header, procs))
@@ -350,21 +440,28 @@ impl Engine {
 }
 
 fn exists_in_lower(lowers: &[PathBuf], rel: &Path) -> bool {
-    lowers.iter().any(|l| l.join(rel.strip_prefix("/").unwrap_or(rel)).symlink_metadata().is_ok())
+    lowers.iter().any(|l| {
+        l.join(rel.strip_prefix("/").unwrap_or(rel))
+            .symlink_metadata()
+            .is_ok()
+    })
 }
 
 fn walk_changes(dir: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<serde_json::Value>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let path = e.path();
         let r = rel.join(e.file_name());
-        let Ok(meta) = path.symlink_metadata() else { continue };
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_char_device() && meta.rdev() == 0 {
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        if std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) && meta.rdev() == 0 {
             out.push(json!({"Path": r.display().to_string(), "Kind": 2}));
             continue;
         }
-        let kind = if exists_in_lower(lowers, &r) { 0 } else { 1 };
+        let kind = i32::from(!exists_in_lower(lowers, &r));
         out.push(json!({"Path": r.display().to_string(), "Kind": kind}));
         if meta.is_dir() {
             walk_changes(&path, &r, lowers, out);
@@ -380,7 +477,10 @@ pub struct ChanReader {
 
 impl ChanReader {
     pub fn new(rx: mpsc::Receiver<Bytes>) -> ChanReader {
-        ChanReader { rx, cur: Bytes::new() }
+        ChanReader {
+            rx,
+            cur: Bytes::new(),
+        }
     }
 }
 
@@ -413,7 +513,10 @@ mod tests {
         assert_eq!(resolve_in_root(root, "/link/b").unwrap(), root.join("a/b"));
         assert_eq!(resolve_in_root(root, "/../../a").unwrap(), root.join("a"));
         // A symlink climbing out lands at the root's own /etc.
-        assert_eq!(resolve_in_root(root, "/a/escape/passwd").unwrap(), root.join("etc/passwd"));
+        assert_eq!(
+            resolve_in_root(root, "/a/escape/passwd").unwrap(),
+            root.join("etc/passwd")
+        );
         // The last component is not followed.
         assert_eq!(resolve_in_root(root, "/link").unwrap(), root.join("link"));
     }

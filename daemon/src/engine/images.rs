@@ -32,10 +32,24 @@ impl Engine {
             let mut out = Vec::new();
             for s in store.list()? {
                 let details = store.inspect(&s.id.to_string())?;
-                let labels = details.config.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
-                let created_unix = s.created.as_deref().and_then(super::container::parse_rfc3339).unwrap_or(0);
+                let labels = details
+                    .config
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.clone())
+                    .unwrap_or_default();
+                let created_unix = s
+                    .created
+                    .as_deref()
+                    .and_then(super::container::parse_rfc3339)
+                    .unwrap_or(0);
                 let containers = s.holders.len() as i64;
-                out.push(ImageRow { summary: s, labels, created_unix, containers });
+                out.push(ImageRow {
+                    summary: s,
+                    labels,
+                    created_unix,
+                    containers,
+                });
             }
             Ok(out)
         })
@@ -51,7 +65,10 @@ impl Engine {
     }
 
     /// An image's history, newest first.
-    pub async fn image_history(&self, reference: &str) -> Result<(String, Vec<images::HistoryEntry>)> {
+    pub async fn image_history(
+        &self,
+        reference: &str,
+    ) -> Result<(String, Vec<images::HistoryEntry>)> {
         let store = self.store();
         let r = reference.to_string();
         blocking(move || {
@@ -63,7 +80,11 @@ impl Engine {
 
     /// Tag an image.
     pub async fn image_tag(&self, source: &str, repo: &str, tag: &str) -> Result<()> {
-        let target = if tag.is_empty() { repo.to_string() } else { format!("{repo}:{tag}") };
+        let target = if tag.is_empty() {
+            repo.to_string()
+        } else {
+            format!("{repo}:{tag}")
+        };
         let store = self.store();
         let (s, t) = (source.to_string(), target.clone());
         let id = blocking(move || {
@@ -71,12 +92,21 @@ impl Engine {
             Ok(store.resolve(&t)?.id.to_string())
         })
         .await?;
-        self.events.emit("image", "tag", &id, BTreeMap::from([("name".to_string(), target)]));
+        self.events.emit(
+            "image",
+            "tag",
+            &id,
+            BTreeMap::from([("name".to_string(), target)]),
+        );
         Ok(())
     }
 
     /// Remove an image (or a tag). Returns Docker's `[{"Untagged"}, {"Deleted"}]`.
-    pub async fn image_remove(&self, reference: &str, force: bool) -> Result<Vec<serde_json::Value>> {
+    pub async fn image_remove(
+        &self,
+        reference: &str,
+        force: bool,
+    ) -> Result<Vec<serde_json::Value>> {
         let store = self.store();
         let r = reference.to_string();
         let events = blocking(move || Ok(store.remove(&r, force)?)).await?;
@@ -84,11 +114,17 @@ impl Engine {
         for e in events {
             match e {
                 images::RemoveEvent::Untagged(t) => {
-                    self.events.emit("image", "untag", &t, BTreeMap::from([("name".to_string(), t.clone())]));
+                    self.events.emit(
+                        "image",
+                        "untag",
+                        &t,
+                        BTreeMap::from([("name".to_string(), t.clone())]),
+                    );
                     out.push(serde_json::json!({"Untagged": t}));
                 }
                 images::RemoveEvent::Deleted(d) => {
-                    self.events.emit("image", "delete", &d.to_string(), BTreeMap::new());
+                    self.events
+                        .emit("image", "delete", &d.to_string(), BTreeMap::new());
                     out.push(serde_json::json!({"Deleted": d.to_string()}));
                 }
             }
@@ -98,7 +134,11 @@ impl Engine {
 
     /// Load a `docker save` archive or an OCI layout tar from a stream;
     /// progress messages go to `progress`.
-    pub async fn image_load(&self, body: mpsc::Receiver<Bytes>, progress: mpsc::Sender<String>) -> Result<Vec<String>> {
+    pub async fn image_load(
+        &self,
+        body: mpsc::Receiver<Bytes>,
+        progress: mpsc::Sender<String>,
+    ) -> Result<Vec<String>> {
         let store = self.store();
         let loaded = blocking(move || {
             let mut tags_out = Vec::new();
@@ -117,7 +157,8 @@ impl Engine {
         })
         .await?;
         for id in &loaded.0 {
-            self.events.emit("image", "load", &id.to_string(), BTreeMap::new());
+            self.events
+                .emit("image", "load", &id.to_string(), BTreeMap::new());
         }
         Ok(loaded.1)
     }
@@ -154,9 +195,14 @@ impl Engine {
     }
 
     /// Import a root filesystem tarball as a one-layer image.
-    pub async fn image_import(&self, body: mpsc::Receiver<Bytes>, options: images::ImportOptions) -> Result<String> {
+    pub async fn image_import(
+        &self,
+        body: mpsc::Receiver<Bytes>,
+        options: images::ImportOptions,
+    ) -> Result<String> {
         let store = self.store();
-        let id = blocking(move || Ok(store.import(ChanReader::new(body), &options)?.to_string())).await?;
+        let id = blocking(move || Ok(store.import(ChanReader::new(body), &options)?.to_string()))
+            .await?;
         self.events.emit("image", "import", &id, BTreeMap::new());
         Ok(id)
     }

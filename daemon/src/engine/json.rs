@@ -24,6 +24,9 @@ mod tests {
     #[test]
     fn nulls_go_at_every_level() {
         let v = serde_json::json!({"a": null, "b": {"c": null, "d": 1}, "e": [{"f": null}]});
-        assert_eq!(strip_nulls(v), serde_json::json!({"b": {"d": 1}, "e": [{}]}));
+        assert_eq!(
+            strip_nulls(v),
+            serde_json::json!({"b": {"d": 1}, "e": [{}]})
+        );
     }
 }

@@ -75,13 +75,20 @@ fn parse_line(line: &str, opts: &Options) -> Option<Line> {
 
 /// Stream a container's log. `running` turns false when the container
 /// stops; following ends then (after reading what is left).
-pub fn stream(path: PathBuf, max_files: u32, opts: Options, mut running: watch::Receiver<bool>) -> mpsc::Receiver<Line> {
+pub fn stream(
+    path: PathBuf,
+    max_files: u32,
+    opts: Options,
+    mut running: watch::Receiver<bool>,
+) -> mpsc::Receiver<Line> {
     let (tx, rx) = mpsc::channel(256);
     tokio::task::spawn_blocking(move || {
         let files = vessel_runtime::shim::logfile::files(&path, max_files);
         let mut lines: Vec<Line> = Vec::new();
         for f in &files {
-            let Ok(file) = std::fs::File::open(f) else { continue };
+            let Ok(file) = std::fs::File::open(f) else {
+                continue;
+            };
             for l in BufReader::new(file).lines().map_while(Result::ok) {
                 if let Some(line) = parse_line(&l, &opts) {
                     lines.push(line);
@@ -106,18 +113,31 @@ pub fn stream(path: PathBuf, max_files: u32, opts: Options, mut running: watch::
 }
 
 /// Read appends to `path` as they happen until the container stops.
-fn follow(path: &Path, opts: &Options, tx: &mpsc::Sender<Line>, running: &mut watch::Receiver<bool>) {
+fn follow(
+    path: &Path,
+    opts: &Options,
+    tx: &mpsc::Sender<Line>,
+    running: &mut watch::Receiver<bool>,
+) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let Some(dir) = path.parent() else { return };
-    let Ok(inotify) = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) else { return };
+    let Ok(inotify) = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) else {
+        return;
+    };
     if inotify
-        .add_watch(dir, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+        .add_watch(
+            dir,
+            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO,
+        )
         .is_err()
     {
         return;
     }
     let mut file = std::fs::File::open(path).ok();
-    let mut pos = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+    let mut pos = file
+        .as_ref()
+        .and_then(|f| f.metadata().ok())
+        .map_or(0, |m| m.len());
     let mut partial = String::new();
     loop {
         // Read everything appended since last time.
@@ -159,8 +179,11 @@ fn follow(path: &Path, opts: &Options, tx: &mpsc::Sender<Line>, running: &mut wa
         let mut rotated = false;
         if let Ok(events) = inotify.read_events() {
             rotated = events.iter().any(|e| {
-                e.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-                    && e.name.as_deref().is_some_and(|n| Some(n) == path.file_name())
+                e.mask
+                    .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+                    && e.name
+                        .as_deref()
+                        .is_some_and(|n| Some(n) == path.file_name())
             });
         }
         if rotated || file.is_none() {
@@ -179,7 +202,12 @@ mod tests {
 
     #[test]
     fn filters_streams_and_times() {
-        let opts = Options { stdout: true, stderr: false, since: 1_700_000_000.5, ..Options::default() };
+        let opts = Options {
+            stdout: true,
+            stderr: false,
+            since: 1_700_000_000.5,
+            ..Options::default()
+        };
         let early = r#"{"log":"a\n","stream":"stdout","time":"2023-11-14T22:13:20.100000000Z"}"#;
         let late = r#"{"log":"b\n","stream":"stdout","time":"2023-11-14T22:13:20.900000000Z"}"#;
         let err = r#"{"log":"c\n","stream":"stderr","time":"2023-11-14T22:13:21.000000000Z"}"#;

@@ -23,6 +23,7 @@ pub mod types;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub struct Snapshot {
     pub removed: bool,
     /// The shim is up and the process created but not yet started.
     pub created_process: bool,
+    /// Bumped when a start fails (attach tickets waiting for it give up).
+    pub failed_starts: u64,
 }
 
 impl Entry {
@@ -82,6 +85,7 @@ impl Entry {
             exits: 0,
             removed: false,
             created_process: false,
+            failed_starts: 0,
         };
         let (tx, _) = watch::channel(snap);
         Arc::new(Entry {
@@ -95,12 +99,18 @@ impl Entry {
 
     /// The record as last persisted.
     pub fn view(&self) -> Container {
-        self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Save the record and publish it to readers of `view`.
     pub fn persist(&self, paths: &Paths, c: &Container) -> Result<()> {
-        *self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = c.clone();
+        *self
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = c.clone();
         c.save(paths)
     }
 
@@ -150,8 +160,15 @@ fn now() -> String {
 impl Engine {
     /// Open the engine on its directories and reconnect to live containers.
     pub async fn open(cfg: Config) -> Result<Arc<Engine>> {
-        let paths = Paths { root: cfg.root.clone(), exec_root: cfg.exec_root.clone() };
-        for d in [paths.root.join("containers"), paths.exec_root.join("shims"), paths.runtime_root()] {
+        let paths = Paths {
+            root: cfg.root.clone(),
+            exec_root: cfg.exec_root.clone(),
+        };
+        for d in [
+            paths.root.join("containers"),
+            paths.exec_root.join("shims"),
+            paths.runtime_root(),
+        ] {
             std::fs::create_dir_all(&d)?;
         }
         let img_dir = paths.images();
@@ -178,12 +195,18 @@ impl Engine {
         let mut to_restart = Vec::new();
         for mut c in records {
             let id = c.id.clone();
-            self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(c.name.clone(), id.clone());
+            self.names
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(c.name.clone(), id.clone());
             let was_live = c.state.status.is_live() || c.state.status == Status::Restarting;
             let shim_dir = self.paths.shim(&id);
             if was_live && shim::alive(&shim_dir).await {
                 let entry = Entry::new(c);
-                self.containers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), entry);
+                self.containers
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id.clone(), entry);
                 self.monitor(id);
                 continue;
             }
@@ -202,7 +225,10 @@ impl Engine {
                 }
             }
             let entry = Entry::new(c);
-            self.containers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, entry);
+            self.containers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id, entry);
         }
         for id in to_restart {
             let engine = self.clone();
@@ -219,34 +245,59 @@ impl Engine {
     /// Find a container by ID, name or unique ID prefix.
     pub fn get(&self, reference: &str) -> Result<Arc<Entry>> {
         let r = reference.trim_start_matches('/');
-        let map = self.containers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .containers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(e) = map.get(r) {
             return Ok(e.clone());
         }
-        let by_name = self.names.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(r).cloned();
+        let by_name = self
+            .names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(r)
+            .cloned();
         if let Some(e) = by_name.and_then(|id| map.get(&id)) {
             return Ok(e.clone());
         }
-        let matches: Vec<&Arc<Entry>> = if !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit()) {
-            map.range(r.to_string()..).take_while(|(id, _)| id.starts_with(r)).map(|(_, e)| e).collect()
+        let matches: Vec<&Arc<Entry>> = if !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            map.range(r.to_string()..)
+                .take_while(|(id, _)| id.starts_with(r))
+                .map(|(_, e)| e)
+                .collect()
         } else {
             Vec::new()
         };
         match matches.len() {
             1 => Ok(matches[0].clone()),
             0 => Err(Error::not_found(format!("No such container: {reference}"))),
-            _ => Err(Error::invalid(format!("multiple containers found with provided prefix: {reference}"))),
+            _ => Err(Error::invalid(format!(
+                "multiple containers found with provided prefix: {reference}"
+            ))),
         }
     }
 
     /// IDs of all containers.
     pub fn ids(&self) -> Vec<String> {
-        self.containers.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
+        self.containers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// All container records (a snapshot).
-    pub async fn all(&self) -> Vec<Container> {
-        let entries: Vec<Arc<Entry>> = self.containers.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+    pub fn all(&self) -> Vec<Container> {
+        let entries: Vec<Arc<Entry>> = self
+            .containers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         let mut out: Vec<Container> = entries.iter().map(|e| e.view()).collect();
         out.sort_by(|a, b| b.created.cmp(&a.created));
         out
@@ -255,9 +306,15 @@ impl Engine {
     // ----- create -----
 
     /// `POST /containers/create`.
-    pub async fn create(&self, name: Option<&str>, mut req: CreateRequest) -> Result<(String, Vec<String>)> {
+    pub async fn create(
+        &self,
+        name: Option<&str>,
+        mut req: CreateRequest,
+    ) -> Result<(String, Vec<String>)> {
         if req.config.image.is_empty() {
-            return Err(Error::invalid("config cannot be empty in order to create a container"));
+            return Err(Error::invalid(
+                "config cannot be empty in order to create a container",
+            ));
         }
         let image_ref = req.config.image.clone();
         let images = self.images.clone();
@@ -278,19 +335,29 @@ impl Engine {
         }
         match hc.runtime.as_str() {
             "runc" | "vessel" => {}
-            other => return Err(Error::invalid(format!("unknown or invalid runtime name: {other}"))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown or invalid runtime name: {other}"
+                )));
+            }
         }
         match hc.restart_policy.name.as_str() {
             "" | "no" | "always" | "unless-stopped" | "on-failure" => {}
             other => return Err(Error::invalid(format!("invalid restart policy '{other}'"))),
         }
         if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
-            return Err(Error::invalid("can't create 'AutoRemove' container with restart policy"));
+            return Err(Error::invalid(
+                "can't create 'AutoRemove' container with restart policy",
+            ));
         }
         spec::capabilities(hc)?;
         // The command: the request's entrypoint/cmd over the image's.
         let cfg = &mut req.config;
-        let entrypoint = if cfg.entrypoint.is_empty() { img.entrypoint.clone().unwrap_or_default() } else { cfg.entrypoint.clone() };
+        let entrypoint = if cfg.entrypoint.is_empty() {
+            img.entrypoint.clone().unwrap_or_default()
+        } else {
+            cfg.entrypoint.clone()
+        };
         let cmd = if !cfg.cmd.is_empty() {
             cfg.cmd.clone()
         } else if cfg.entrypoint.is_empty() {
@@ -344,9 +411,11 @@ impl Engine {
             Some(n) => {
                 let n = n.trim_start_matches('/');
                 if !container::valid_name(n) {
-                    return Err(Error::invalid(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+                    return Err(Error::invalid(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
                 }
-                if let Some(other) = self.id_of_name(n).await {
+                if let Some(other) = self.id_of_name(n) {
                     return Err(Error::conflict(format!(
                         "Conflict. The container name \"/{n}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
                     )));
@@ -355,7 +424,7 @@ impl Engine {
             }
             None => loop {
                 let n = container::random_name();
-                if self.id_of_name(&n).await.is_none() {
+                if self.id_of_name(&n).is_none() {
                     break n;
                 }
             },
@@ -392,13 +461,23 @@ impl Engine {
             return Err(e);
         }
         self.events.emit("container", "create", &id, attrs(&c));
-        self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(c.name.clone(), id.clone());
-        self.containers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), Entry::new(c));
+        self.names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(c.name.clone(), id.clone());
+        self.containers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), Entry::new(c));
         Ok((id, warnings))
     }
 
-    async fn id_of_name(&self, name: &str) -> Option<String> {
-        self.names.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    fn id_of_name(&self, name: &str) -> Option<String> {
+        self.names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     /// Work out the container's mounts (binds, volumes, tmpfs) from the
@@ -407,10 +486,16 @@ impl Engine {
         let mut out: Vec<MountPoint> = Vec::new();
         let add = |m: MountPoint, out: &mut Vec<MountPoint>| -> Result<()> {
             if !m.destination.starts_with('/') {
-                return Err(Error::invalid(format!("invalid mount config: mount path must be absolute: {}", m.destination)));
+                return Err(Error::invalid(format!(
+                    "invalid mount config: mount path must be absolute: {}",
+                    m.destination
+                )));
             }
             if out.iter().any(|o| o.destination == m.destination) {
-                return Err(Error::invalid(format!("Duplicate mount point: {}", m.destination)));
+                return Err(Error::invalid(format!(
+                    "Duplicate mount point: {}",
+                    m.destination
+                )));
             }
             out.push(m);
             Ok(())
@@ -421,37 +506,132 @@ impl Engine {
                 [d] => ("", *d, ""),
                 [s, d] => (*s, *d, ""),
                 [s, d, m] => (*s, *d, *m),
-                _ => return Err(Error::invalid(format!("invalid volume specification: '{b}'"))),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "invalid volume specification: '{b}'"
+                    )));
+                }
             };
             let rw = !mode.split(',').any(|o| o == "ro");
-            let propagation = mode.split(',').find(|o| matches!(*o, "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate")).unwrap_or("rprivate");
+            let propagation = mode
+                .split(',')
+                .find(|o| {
+                    matches!(
+                        *o,
+                        "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate"
+                    )
+                })
+                .unwrap_or("rprivate");
             if src.is_empty() {
-                let (v, _) = self.volumes.create(None, BTreeMap::new(), BTreeMap::new(), true)?;
-                add(MountPoint { kind: "volume".into(), name: v.name, source: v.mountpoint, destination: dst.into(), driver: "local".into(), mode: mode.into(), rw, propagation: String::new() }, &mut out)?;
+                let (v, _) = self
+                    .volumes
+                    .create(None, BTreeMap::new(), BTreeMap::new(), true)?;
+                add(
+                    MountPoint {
+                        kind: "volume".into(),
+                        name: v.name,
+                        source: v.mountpoint,
+                        destination: dst.into(),
+                        driver: "local".into(),
+                        mode: mode.into(),
+                        rw,
+                        propagation: String::new(),
+                    },
+                    &mut out,
+                )?;
             } else if src.starts_with('/') {
-                add(MountPoint { kind: "bind".into(), name: String::new(), source: src.into(), destination: dst.into(), driver: String::new(), mode: mode.into(), rw, propagation: propagation.into() }, &mut out)?;
+                add(
+                    MountPoint {
+                        kind: "bind".into(),
+                        name: String::new(),
+                        source: src.into(),
+                        destination: dst.into(),
+                        driver: String::new(),
+                        mode: mode.into(),
+                        rw,
+                        propagation: propagation.into(),
+                    },
+                    &mut out,
+                )?;
             } else {
-                let (v, created) = self.volumes.create(Some(src), BTreeMap::new(), BTreeMap::new(), false)?;
+                let (v, created) =
+                    self.volumes
+                        .create(Some(src), BTreeMap::new(), BTreeMap::new(), false)?;
                 if created {
-                    self.events.emit("volume", "create", &v.name, BTreeMap::from([("driver".to_string(), "local".to_string())]));
+                    self.events.emit(
+                        "volume",
+                        "create",
+                        &v.name,
+                        BTreeMap::from([("driver".to_string(), "local".to_string())]),
+                    );
                 }
-                add(MountPoint { kind: "volume".into(), name: v.name, source: v.mountpoint, destination: dst.into(), driver: "local".into(), mode: mode.into(), rw, propagation: String::new() }, &mut out)?;
+                add(
+                    MountPoint {
+                        kind: "volume".into(),
+                        name: v.name,
+                        source: v.mountpoint,
+                        destination: dst.into(),
+                        driver: "local".into(),
+                        mode: mode.into(),
+                        rw,
+                        propagation: String::new(),
+                    },
+                    &mut out,
+                )?;
             }
         }
         for m in &c.host_config.mounts {
             match m.kind.as_str() {
                 "bind" => {
                     if !Path::new(&m.source).exists() {
-                        return Err(Error::invalid(format!("invalid mount config for type \"bind\": bind source path does not exist: {}", m.source)));
+                        return Err(Error::invalid(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            m.source
+                        )));
                     }
-                    let propagation = m.bind_options.as_ref().map(|o| o.propagation.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| "rprivate".into());
-                    add(MountPoint { kind: "bind".into(), name: String::new(), source: m.source.clone(), destination: m.target.clone(), driver: String::new(), mode: String::new(), rw: !m.read_only, propagation }, &mut out)?;
+                    let propagation = m
+                        .bind_options
+                        .as_ref()
+                        .map(|o| o.propagation.clone())
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| "rprivate".into());
+                    add(
+                        MountPoint {
+                            kind: "bind".into(),
+                            name: String::new(),
+                            source: m.source.clone(),
+                            destination: m.target.clone(),
+                            driver: String::new(),
+                            mode: String::new(),
+                            rw: !m.read_only,
+                            propagation,
+                        },
+                        &mut out,
+                    )?;
                 }
                 "volume" => {
                     let name = (!m.source.is_empty()).then_some(m.source.as_str());
-                    let labels = m.volume_options.as_ref().map(|o| o.labels.clone()).unwrap_or_default();
-                    let (v, _) = self.volumes.create(name, labels, BTreeMap::new(), name.is_none())?;
-                    add(MountPoint { kind: "volume".into(), name: v.name, source: v.mountpoint, destination: m.target.clone(), driver: "local".into(), mode: "z".into(), rw: !m.read_only, propagation: String::new() }, &mut out)?;
+                    let labels = m
+                        .volume_options
+                        .as_ref()
+                        .map(|o| o.labels.clone())
+                        .unwrap_or_default();
+                    let (v, _) =
+                        self.volumes
+                            .create(name, labels, BTreeMap::new(), name.is_none())?;
+                    add(
+                        MountPoint {
+                            kind: "volume".into(),
+                            name: v.name,
+                            source: v.mountpoint,
+                            destination: m.target.clone(),
+                            driver: "local".into(),
+                            mode: "z".into(),
+                            rw: !m.read_only,
+                            propagation: String::new(),
+                        },
+                        &mut out,
+                    )?;
                 }
                 "tmpfs" => {
                     let mut opts = Vec::new();
@@ -463,21 +643,60 @@ impl Engine {
                             opts.push(format!("mode={:o}", t.mode));
                         }
                     }
-                    add(MountPoint { kind: "tmpfs".into(), name: String::new(), source: String::new(), destination: m.target.clone(), driver: String::new(), mode: opts.join(","), rw: !m.read_only, propagation: String::new() }, &mut out)?;
+                    add(
+                        MountPoint {
+                            kind: "tmpfs".into(),
+                            name: String::new(),
+                            source: String::new(),
+                            destination: m.target.clone(),
+                            driver: String::new(),
+                            mode: opts.join(","),
+                            rw: !m.read_only,
+                            propagation: String::new(),
+                        },
+                        &mut out,
+                    )?;
                 }
-                other => return Err(Error::invalid(format!("invalid mount config: mount type unknown: {other:?}"))),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "invalid mount config: mount type unknown: {other:?}"
+                    )));
+                }
             }
         }
         for (dst, opts) in &c.host_config.tmpfs {
-            add(MountPoint { kind: "tmpfs".into(), name: String::new(), source: String::new(), destination: dst.clone(), driver: String::new(), mode: opts.clone(), rw: true, propagation: String::new() }, &mut out)?;
+            add(
+                MountPoint {
+                    kind: "tmpfs".into(),
+                    name: String::new(),
+                    source: String::new(),
+                    destination: dst.clone(),
+                    driver: String::new(),
+                    mode: opts.clone(),
+                    rw: true,
+                    propagation: String::new(),
+                },
+                &mut out,
+            )?;
         }
         // Image VOLUMEs not covered by a mount get anonymous volumes.
         for dst in c.config.volumes.iter().flat_map(|v| v.keys()) {
             if out.iter().any(|m| &m.destination == dst) {
                 continue;
             }
-            let (v, _) = self.volumes.create(None, BTreeMap::new(), BTreeMap::new(), true)?;
-            out.push(MountPoint { kind: "volume".into(), name: v.name, source: v.mountpoint, destination: dst.clone(), driver: "local".into(), mode: String::new(), rw: true, propagation: String::new() });
+            let (v, _) = self
+                .volumes
+                .create(None, BTreeMap::new(), BTreeMap::new(), true)?;
+            out.push(MountPoint {
+                kind: "volume".into(),
+                name: v.name,
+                source: v.mountpoint,
+                destination: dst.clone(),
+                driver: "local".into(),
+                mode: String::new(),
+                rw: true,
+                propagation: String::new(),
+            });
         }
         Ok(out)
     }
@@ -491,21 +710,45 @@ impl Engine {
         match c.state.status {
             Status::Running | Status::Paused => return Err(Error::not_modified()),
             Status::Removing | Status::Dead => {
-                return Err(Error::conflict(format!("container {} is marked for removal and cannot be started", c.id)));
+                return Err(Error::conflict(format!(
+                    "container {} is marked for removal and cannot be started",
+                    c.id
+                )));
             }
             _ => {}
         }
         let id = c.id.clone();
         let result = self.start_locked(&entry, &mut c).await;
         if let Err(e) = &result {
-            c.state.error = e.message.clone();
-            c.state.exit_code = if e.message.contains("executable file not found") || e.message.contains("no such file or directory") { 127 } else { 128 };
+            c.state.error.clone_from(&e.message);
+            c.state.exit_code = if e.message.contains("executable file not found")
+                || e.message.contains("no such file or directory")
+            {
+                127
+            } else {
+                128
+            };
             if c.state.status != Status::Exited {
-                c.state.status = if c.has_been_started { Status::Exited } else { Status::Created };
+                c.state.status = if c.has_been_started {
+                    Status::Exited
+                } else {
+                    Status::Created
+                };
             }
             let _ = entry.persist(&self.paths, &c);
             let _ = self.cleanup_runtime(&id).await;
-            entry.update(|s| s.created_process = false);
+            entry.update(|s| {
+                s.created_process = false;
+                s.failed_starts += 1;
+            });
+            // A `--rm` container that cannot start is removed too: the
+            // docker CLI waits for the removal before it reports the error.
+            if c.host_config.auto_remove {
+                drop(c);
+                if let Err(e) = self.remove(&id, true, true).await {
+                    tracing::warn!(%id, error = %e, "auto-remove after a failed start");
+                }
+            }
         }
         result
     }
@@ -544,11 +787,26 @@ impl Engine {
         let spec = spec::build(c, &inputs)?;
         let bundle = dir.join("bundle");
         std::fs::create_dir_all(&bundle)?;
-        container::write_atomic(&bundle.join("config.json"), &serde_json::to_vec_pretty(&spec).map_err(|e| Error::internal(e.to_string()))?)?;
+        container::write_atomic(
+            &bundle.join("config.json"),
+            &serde_json::to_vec_pretty(&spec).map_err(|e| Error::internal(e.to_string()))?,
+        )?;
         let log = (c.host_config.log_config.kind != "none").then(|| shimproto::LogConfig {
             path: c.log_path(&self.paths),
-            max_size: c.host_config.log_config.config.get("max-size").and_then(|s| spec::parse_size(s)).unwrap_or(0),
-            max_files: c.host_config.log_config.config.get("max-file").and_then(|s| s.parse().ok()).unwrap_or(1),
+            max_size: c
+                .host_config
+                .log_config
+                .config
+                .get("max-size")
+                .and_then(|s| spec::parse_size(s))
+                .unwrap_or(0),
+            max_files: c
+                .host_config
+                .log_config
+                .config
+                .get("max-file")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
         });
         let state_dir = self.paths.shim(&id);
         // A runtime container left from a crash would block the create.
@@ -567,8 +825,15 @@ impl Engine {
         // Let attach requests that came before start connect first.
         entry.update(|s| s.created_process = true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while entry.pending_attach.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            if tokio::time::timeout_at(deadline, entry.attached.notified()).await.is_err() {
+        while entry
+            .pending_attach
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            if tokio::time::timeout_at(deadline, entry.attached.notified())
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -577,7 +842,16 @@ impl Engine {
             status: Status::Running,
             pid,
             started_at: now(),
-            health: c.config.healthcheck.as_ref().filter(|h| h.test.first().is_some_and(|t| t != "NONE")).map(|_| types::HealthView { status: "starting".into(), failing_streak: 0, log: Vec::new() }),
+            health: c
+                .config
+                .healthcheck
+                .as_ref()
+                .filter(|h| h.test.first().is_some_and(|t| t != "NONE"))
+                .map(|_| types::HealthView {
+                    status: "starting".into(),
+                    failing_streak: 0,
+                    log: Vec::new(),
+                }),
             ..State::default()
         };
         c.has_been_started = true;
@@ -600,7 +874,10 @@ impl Engine {
         let e = self.get(reference)?;
         let c = e.rec.lock().await;
         if !c.state.status.is_live() {
-            return Err(Error::conflict(format!("cannot join the namespaces of container {}: it is not running", c.name)));
+            return Err(Error::conflict(format!(
+                "cannot join the namespaces of container {}: it is not running",
+                c.name
+            )));
         }
         Ok(c.state.pid)
     }
@@ -616,7 +893,8 @@ impl Engine {
         blocking(move || {
             let mounts = images.mounts_for(&img, Some((d.join("upper"), d.join("work"))))?;
             for m in &mounts {
-                crate::images::snapshot::mount(m, &d.join("rootfs")).map_err(|e| Error::from_err("mount the container's root filesystem", &e))?;
+                crate::images::snapshot::mount(m, &d.join("rootfs"))
+                    .map_err(|e| Error::from_err("mount the container's root filesystem", &e))?;
             }
             Ok(())
         })
@@ -631,17 +909,25 @@ impl Engine {
             if m.kind != "volume" {
                 continue;
             }
-            let marker = Path::new(&m.source).parent().map(|p| p.join(".initialised"));
+            let marker = Path::new(&m.source)
+                .parent()
+                .map(|p| p.join(".initialised"));
             let Some(marker) = marker else { continue };
             if marker.exists() {
                 continue;
             }
-            let empty = std::fs::read_dir(&m.source).map(|mut d| d.next().is_none()).unwrap_or(false);
+            let empty = std::fs::read_dir(&m.source).is_ok_and(|mut d| d.next().is_none());
             if empty {
                 let src = rootfs.join(m.destination.trim_start_matches('/'));
                 if src.is_dir() && !src.is_symlink() {
                     let dst = PathBuf::from(&m.source);
-                    let st = tokio::process::Command::new("cp").arg("-a").arg("--").arg(format!("{}/.", src.display())).arg(&dst).status().await?;
+                    let st = tokio::process::Command::new("cp")
+                        .arg("-a")
+                        .arg("--")
+                        .arg(format!("{}/.", src.display()))
+                        .arg(&dst)
+                        .status()
+                        .await?;
                     if !st.success() {
                         tracing::warn!(volume = %m.name, "copying image content into the volume failed");
                     }
@@ -714,7 +1000,10 @@ impl Engine {
             }
         } else if restart {
             // Back off: 100 ms, doubling, at most a minute.
-            let delay = Duration::from_millis(100u64.saturating_mul(1u64 << count.min(10).saturating_sub(1))).min(Duration::from_secs(60));
+            let delay = Duration::from_millis(
+                100u64.saturating_mul(1u64 << count.min(10).saturating_sub(1)),
+            )
+            .min(Duration::from_secs(60));
             let engine = self.clone();
             let id = id.to_string();
             tokio::spawn(async move {
@@ -751,9 +1040,16 @@ impl Engine {
         let entry = self.get(reference)?;
         let c = entry.rec.lock().await;
         if !c.state.status.is_live() {
-            return Err(Error::conflict(format!("Cannot kill container: {}: Container {} is not running", reference, c.id)));
+            return Err(Error::conflict(format!(
+                "Cannot kill container: {}: Container {} is not running",
+                reference, c.id
+            )));
         }
-        let sig = if signal.is_empty() { libc::SIGKILL } else { vessel_runtime::parse_signal(signal).map_err(|e| Error::invalid(e.to_string()))? };
+        let sig = if signal.is_empty() {
+            libc::SIGKILL
+        } else {
+            vessel_runtime::parse_signal(signal).map_err(|e| Error::invalid(e.to_string()))?
+        };
         self.signal(&c.id, sig).await?;
         let mut a = attrs(&c);
         a.insert("signal".into(), sig.to_string());
@@ -774,7 +1070,12 @@ impl Engine {
 
     /// `POST /containers/{id}/stop`: the stop signal, then SIGKILL after
     /// the timeout.
-    pub async fn stop(&self, reference: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<()> {
+    pub async fn stop(
+        &self,
+        reference: &str,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<()> {
         let entry = self.get(reference)?;
         let (id, sig, t, mut rx) = {
             let mut c = entry.rec.lock().await;
@@ -790,8 +1091,12 @@ impl Engine {
             }
             c.manually_stopped = true;
             let _ = entry.persist(&self.paths, &c);
-            let sig_name = signal.map(str::to_string).or_else(|| c.config.stop_signal.clone()).unwrap_or_else(|| "SIGTERM".into());
-            let sig = vessel_runtime::parse_signal(&sig_name).map_err(|e| Error::invalid(e.to_string()))?;
+            let sig_name = signal
+                .map(str::to_string)
+                .or_else(|| c.config.stop_signal.clone())
+                .unwrap_or_else(|| "SIGTERM".into());
+            let sig = vessel_runtime::parse_signal(&sig_name)
+                .map_err(|e| Error::invalid(e.to_string()))?;
             let t = timeout.or(c.config.stop_timeout).unwrap_or(10);
             if c.state.status == Status::Paused {
                 let _ = self.resume_runtime(&c.id).await;
@@ -811,7 +1116,9 @@ impl Engine {
             exited.await;
             true
         } else {
-            tokio::time::timeout(Duration::from_secs(t as u64), exited).await.is_ok()
+            tokio::time::timeout(Duration::from_secs(t as u64), exited)
+                .await
+                .is_ok()
         };
         if !graceful {
             let _ = self.signal(&id, libc::SIGKILL).await;
@@ -858,9 +1165,21 @@ impl Engine {
         let mut c = entry.rec.lock().await;
         match (pause, c.state.status) {
             (true, Status::Running) | (false, Status::Paused) => {}
-            (true, Status::Paused) => return Err(Error::conflict(format!("Container {} is already paused", c.id))),
-            (false, Status::Running) => return Err(Error::conflict(format!("Container {} is not paused", c.id))),
-            _ => return Err(Error::conflict(format!("Container {} is not running", c.id))),
+            (true, Status::Paused) => {
+                return Err(Error::conflict(format!(
+                    "Container {} is already paused",
+                    c.id
+                )));
+            }
+            (false, Status::Running) => {
+                return Err(Error::conflict(format!("Container {} is not paused", c.id)));
+            }
+            _ => {
+                return Err(Error::conflict(format!(
+                    "Container {} is not running",
+                    c.id
+                )));
+            }
         }
         let root = self.paths.runtime_root();
         let id = c.id.clone();
@@ -874,11 +1193,20 @@ impl Engine {
             Ok(())
         })
         .await?;
-        c.state.status = if pause { Status::Paused } else { Status::Running };
+        c.state.status = if pause {
+            Status::Paused
+        } else {
+            Status::Running
+        };
         entry.persist(&self.paths, &c)?;
         let status = c.state.status;
         entry.update(|s| s.status = status);
-        self.events.emit("container", if pause { "pause" } else { "unpause" }, &c.id, attrs(&c));
+        self.events.emit(
+            "container",
+            if pause { "pause" } else { "unpause" },
+            &c.id,
+            attrs(&c),
+        );
         Ok(())
     }
 
@@ -895,7 +1223,9 @@ impl Engine {
             let done = match condition {
                 "next-exit" => s.exits > start.exits,
                 "removed" => s.removed,
-                "" | "not-running" => !s.status.is_live() && s.status != Status::Restarting && !s.created_process,
+                "" | "not-running" => {
+                    !s.status.is_live() && s.status != Status::Restarting && !s.created_process
+                }
                 other => return Err(Error::invalid(format!("invalid condition: {other:?}"))),
             };
             if done {
@@ -911,12 +1241,20 @@ impl Engine {
     // ----- remove -----
 
     /// `DELETE /containers/{id}`.
-    pub async fn remove(self: &Arc<Self>, reference: &str, force: bool, volumes: bool) -> Result<()> {
+    pub async fn remove(
+        self: &Arc<Self>,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<()> {
         let entry = self.get(reference)?;
         let live = {
             let c = entry.rec.lock().await;
             if c.state.status == Status::Removing {
-                return Err(Error::conflict(format!("removal of container {} is already in progress", c.id)));
+                return Err(Error::conflict(format!(
+                    "removal of container {} is already in progress",
+                    c.id
+                )));
             }
             c.state.status.is_live()
         };
@@ -943,17 +1281,28 @@ impl Engine {
         }
         // Volumes other containers use (read before taking our own lock).
         let own_id = entry.view().id;
-        let in_use = if volumes { self.volumes_in_use(&own_id).await } else { Vec::new() };
+        let in_use = if volumes {
+            self.volumes_in_use(&own_id)
+        } else {
+            Vec::new()
+        };
         let mut c = entry.rec.lock().await;
         c.state.status = Status::Removing;
-        *entry.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = c.clone();
+        *entry
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = c.clone();
         let id = c.id.clone();
         let dir = self.paths.container(&id);
         let _ = self.cleanup_runtime(&id).await;
         let rootfs = dir.join("rootfs");
         if is_mountpoint(&rootfs) {
             let r = rootfs.clone();
-            blocking(move || crate::images::snapshot::unmount(&r).map_err(|e| Error::from_err("unmount the root filesystem", &e))).await?;
+            blocking(move || {
+                crate::images::snapshot::unmount(&r)
+                    .map_err(|e| Error::from_err("unmount the root filesystem", &e))
+            })
+            .await?;
         }
         let _ = std::fs::remove_dir_all(self.paths.shim(&id));
         std::fs::remove_dir_all(&dir)?;
@@ -966,27 +1315,39 @@ impl Engine {
                     if let Ok(v) = self.volumes.get(&m.name) {
                         if v.anonymous {
                             let _ = self.volumes.remove(&m.name);
-                            self.events.emit("volume", "destroy", &m.name, BTreeMap::new());
+                            self.events
+                                .emit("volume", "destroy", &m.name, BTreeMap::new());
                         }
                     }
                 }
             }
         }
-        self.containers.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
-        self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&c.name);
+        self.containers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        self.names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&c.name);
         self.events.emit("container", "destroy", &id, attrs(&c));
         entry.update(|s| s.removed = true);
         Ok(())
     }
 
     /// Volumes used by containers other than `except`.
-    pub async fn volumes_in_use(&self, except: &str) -> Vec<String> {
+    pub fn volumes_in_use(&self, except: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for c in self.all().await {
+        for c in self.all() {
             if c.id == except {
                 continue;
             }
-            out.extend(c.mounts.iter().filter(|m| m.kind == "volume").map(|m| m.name.clone()));
+            out.extend(
+                c.mounts
+                    .iter()
+                    .filter(|m| m.kind == "volume")
+                    .map(|m| m.name.clone()),
+            );
         }
         out
     }
@@ -994,8 +1355,12 @@ impl Engine {
     /// `POST /containers/prune`: remove stopped containers.
     pub async fn prune(self: &Arc<Self>) -> Result<Vec<String>> {
         let mut removed = Vec::new();
-        for c in self.all().await {
-            if matches!(c.state.status, Status::Exited | Status::Created | Status::Dead) && self.remove(&c.id, false, false).await.is_ok() {
+        for c in self.all() {
+            if matches!(
+                c.state.status,
+                Status::Exited | Status::Created | Status::Dead
+            ) && self.remove(&c.id, false, false).await.is_ok()
+            {
                 removed.push(c.id);
             }
         }
@@ -1009,17 +1374,24 @@ impl Engine {
         let _guard = self.naming.lock().await;
         let new_name = new_name.trim_start_matches('/');
         if !container::valid_name(new_name) {
-            return Err(Error::invalid(format!("Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+            return Err(Error::invalid(format!(
+                "Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
         }
-        if let Some(other) = self.id_of_name(new_name).await {
-            return Err(Error::conflict(format!("Conflict. The container name \"/{new_name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name.")));
+        if let Some(other) = self.id_of_name(new_name) {
+            return Err(Error::conflict(format!(
+                "Conflict. The container name \"/{new_name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+            )));
         }
         let entry = self.get(reference)?;
         let mut c = entry.rec.lock().await;
         let old = std::mem::replace(&mut c.name, new_name.to_string());
         entry.persist(&self.paths, &c)?;
         {
-            let mut names = self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut names = self
+                .names
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             names.remove(&old);
             names.insert(new_name.to_string(), c.id.clone());
         }
@@ -1056,10 +1428,10 @@ impl Engine {
             hc.cpu_quota = u.cpu_quota;
         }
         if !u.cpuset_cpus.is_empty() {
-            hc.cpuset_cpus = u.cpuset_cpus.clone();
+            hc.cpuset_cpus.clone_from(&u.cpuset_cpus);
         }
         if !u.cpuset_mems.is_empty() {
-            hc.cpuset_mems = u.cpuset_mems.clone();
+            hc.cpuset_mems.clone_from(&u.cpuset_mems);
         }
         if u.blkio_weight != 0 {
             hc.blkio_weight = u.blkio_weight;
@@ -1075,7 +1447,11 @@ impl Engine {
             let mut mem = serde_json::Map::new();
             if u.memory != 0 {
                 mem.insert("limit".into(), json!(u.memory));
-                let swap = if u.memory_swap != 0 { u.memory_swap } else { u.memory * 2 };
+                let swap = if u.memory_swap != 0 {
+                    u.memory_swap
+                } else {
+                    u.memory * 2
+                };
                 mem.insert("swap".into(), json!(swap));
             }
             if u.memory_reservation != 0 {
@@ -1113,7 +1489,9 @@ impl Engine {
             if u.blkio_weight != 0 {
                 res.insert("blockIO".into(), json!({"weight": u.blkio_weight}));
             }
-            let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(Value::Object(res)).map_err(|e| Error::invalid(e.to_string()))?;
+            let resources: oci_spec::runtime::LinuxResources =
+                serde_json::from_value(Value::Object(res))
+                    .map_err(|e| Error::invalid(e.to_string()))?;
             let root = self.paths.runtime_root();
             let id = c.id.clone();
             blocking(move || {
@@ -1134,17 +1512,29 @@ impl Engine {
     /// running yet (`docker run` attaches before it starts) gets a ticket
     /// registered now, so `start` waits for it to connect before the
     /// process runs and no output is lost.
-    pub async fn attach(&self, reference: &str, stdin: bool, stdout: bool, stderr: bool) -> Result<AttachTicket> {
+    pub async fn attach(
+        &self,
+        reference: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<AttachTicket> {
         let entry = self.get(reference)?;
         let c = entry.rec.lock().await;
         let registered = !c.state.status.is_live();
         if registered {
-            entry.pending_attach.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            entry
+                .pending_attach
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(AttachTicket {
             shim_dir: self.paths.shim(&c.id),
             tty: c.config.tty,
-            request: Request::Attach { stdin, stdout, stderr },
+            request: Request::Attach {
+                stdin,
+                stdout,
+                stderr,
+            },
             registered,
             entry: entry.clone(),
         })
@@ -1155,20 +1545,39 @@ impl Engine {
         let entry = self.get(reference)?;
         let c = entry.rec.lock().await;
         if !c.state.status.is_live() {
-            return Err(Error::conflict(format!("Container {} is not running", c.id)));
+            return Err(Error::conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
         }
-        shim::call(&self.paths.shim(&c.id), &Request::Resize { rows, cols }).await.map(drop)
+        shim::call(&self.paths.shim(&c.id), &Request::Resize { rows, cols })
+            .await
+            .map(drop)
     }
 
     /// The log of a container.
-    pub async fn logs(&self, reference: &str, opts: logs::Options) -> Result<(tokio::sync::mpsc::Receiver<logs::Line>, bool)> {
+    pub async fn logs(
+        &self,
+        reference: &str,
+        opts: logs::Options,
+    ) -> Result<(tokio::sync::mpsc::Receiver<logs::Line>, bool)> {
         let entry = self.get(reference)?;
         let c = entry.rec.lock().await;
         if c.host_config.log_config.kind == "none" {
-            return Err(Error::new(error::Kind::NotImplemented, "configured logging driver does not support reading"));
+            return Err(Error::new(
+                error::Kind::NotImplemented,
+                "configured logging driver does not support reading",
+            ));
         }
-        let max_files = c.host_config.log_config.config.get("max-file").and_then(|s| s.parse().ok()).unwrap_or(1);
-        let (tx, running) = watch::channel(c.state.status.is_live() || c.state.status == Status::Restarting);
+        let max_files = c
+            .host_config
+            .log_config
+            .config
+            .get("max-file")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let (tx, running) =
+            watch::channel(c.state.status.is_live() || c.state.status == Status::Restarting);
         let mut rx = entry.watch();
         tokio::spawn(async move {
             loop {
@@ -1183,7 +1592,10 @@ impl Engine {
                 }
             }
         });
-        Ok((logs::stream(c.log_path(&self.paths), max_files, opts, running), c.config.tty))
+        Ok((
+            logs::stream(c.log_path(&self.paths), max_files, opts, running),
+            c.config.tty,
+        ))
     }
 
     /// Exec instances.
@@ -1212,10 +1624,14 @@ impl AttachTicket {
     pub async fn connect(mut self) -> Result<shim::Conn> {
         if self.registered {
             let mut rx = self.entry.watch();
+            let failed = rx.borrow().failed_starts;
             loop {
                 let s = *rx.borrow();
                 if s.created_process || s.status.is_live() {
                     break;
+                }
+                if s.failed_starts != failed {
+                    return Err(Error::conflict("the container failed to start"));
                 }
                 if s.removed || rx.changed().await.is_err() {
                     return Err(Error::not_found("No such container"));
@@ -1229,7 +1645,9 @@ impl AttachTicket {
 
     fn release(&mut self) {
         if std::mem::take(&mut self.registered) {
-            self.entry.pending_attach.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            self.entry
+                .pending_attach
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             self.entry.attached.notify_waiters();
         }
     }
@@ -1245,13 +1663,13 @@ impl Drop for AttachTicket {
 fn restart_wanted(c: &Container, daemon_start: bool) -> bool {
     let p = &c.host_config.restart_policy;
     match p.name.as_str() {
-        "always" => !c.manually_stopped,
-        "unless-stopped" => !c.manually_stopped,
+        "always" | "unless-stopped" => !c.manually_stopped,
         "on-failure" => {
             !daemon_start
                 && c.state.exit_code != 0
                 && !c.manually_stopped
-                && (p.maximum_retry_count <= 0 || i64::from(c.restart_count) < p.maximum_retry_count)
+                && (p.maximum_retry_count <= 0
+                    || i64::from(c.restart_count) < p.maximum_retry_count)
         }
         _ => false,
     }
@@ -1260,7 +1678,9 @@ fn restart_wanted(c: &Container, daemon_start: bool) -> bool {
 /// Whether `path` is a mount point (its device differs from its parent's,
 /// or it is a bind of the same device: checked in mountinfo).
 fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let p = path.to_string_lossy();
     info.lines().any(|l| l.split(' ').nth(4) == Some(&p))
 }
@@ -1283,8 +1703,17 @@ fn oci_mounts(mounts: &[MountPoint]) -> Result<Vec<Value>> {
                 out.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": opts}));
             }
             "tmpfs" => {
-                let mut opts = vec!["nosuid".to_string(), "nodev".to_string(), "noexec".to_string()];
-                opts.extend(m.mode.split(',').filter(|o| !o.is_empty()).map(str::to_string));
+                let mut opts = vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    "noexec".to_string(),
+                ];
+                opts.extend(
+                    m.mode
+                        .split(',')
+                        .filter(|o| !o.is_empty())
+                        .map(str::to_string),
+                );
                 if !m.rw {
                     opts.push("ro".into());
                 }
@@ -1298,16 +1727,22 @@ fn oci_mounts(mounts: &[MountPoint]) -> Result<Vec<Value>> {
 
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf for the container.
 fn write_etc_files(c: &Container, dir: &Path) -> Result<()> {
-    let hostname = if c.config.hostname.is_empty() { c.id[..12].to_string() } else { c.config.hostname.clone() };
+    let hostname = if c.config.hostname.is_empty() {
+        c.id[..12].to_string()
+    } else {
+        c.config.hostname.clone()
+    };
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
     for h in &c.host_config.extra_hosts {
         if let Some((name, ip)) = h.split_once(':') {
-            hosts.push_str(&format!("{ip}\t{name}\n"));
+            let _ = writeln!(hosts, "{ip}\t{name}");
         }
     }
     if c.host_config.network_mode != "host" {
-        hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
+        let _ = writeln!(hosts, "127.0.1.1\t{hostname}");
     }
     std::fs::write(dir.join("hosts"), hosts)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -1316,7 +1751,10 @@ fn write_etc_files(c: &Container, dir: &Path) -> Result<()> {
         for l in host_resolv.lines() {
             // A loopback resolver of the host is unreachable from a private
             // network namespace.
-            let loopback = l.starts_with("nameserver") && l.split_whitespace().nth(1).is_some_and(|a| a.starts_with("127.") || a == "::1");
+            let loopback = l.starts_with("nameserver")
+                && l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.starts_with("127.") || a == "::1");
             if !loopback || c.host_config.network_mode == "host" {
                 resolv.push_str(l);
                 resolv.push('\n');
@@ -1324,14 +1762,14 @@ fn write_etc_files(c: &Container, dir: &Path) -> Result<()> {
         }
     } else {
         for d in &c.host_config.dns {
-            resolv.push_str(&format!("nameserver {d}\n"));
+            let _ = writeln!(resolv, "nameserver {d}");
         }
     }
     if !c.host_config.dns_search.is_empty() {
-        resolv.push_str(&format!("search {}\n", c.host_config.dns_search.join(" ")));
+        let _ = writeln!(resolv, "search {}", c.host_config.dns_search.join(" "));
     }
     if !c.host_config.dns_options.is_empty() {
-        resolv.push_str(&format!("options {}\n", c.host_config.dns_options.join(" ")));
+        let _ = writeln!(resolv, "options {}", c.host_config.dns_options.join(" "));
     }
     std::fs::write(dir.join("resolv.conf"), resolv)?;
     Ok(())

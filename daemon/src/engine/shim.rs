@@ -11,7 +11,10 @@ use super::error::{Error, Result};
 
 /// Find the `vessel-shim` binary: next to the running daemon, else on PATH.
 pub fn find_binary() -> PathBuf {
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         for candidate in [dir.join("vessel-shim"), dir.join("../vessel-shim")] {
             if candidate.is_file() {
                 return candidate;
@@ -49,12 +52,16 @@ pub async fn launch(binary: &Path, cfg: &ShimConfig) -> Result<i32> {
 /// Docker reports runtime failures as "OCI runtime create failed: ..." and
 /// clients map a missing executable to exit status 127.
 pub fn runtime_error(msg: &str) -> Error {
-    let kind = if msg.contains("executable file not found") || msg.contains("no such file or directory") {
-        super::error::Kind::InvalidArgument
-    } else {
-        super::error::Kind::Internal
-    };
-    Error::new(kind, format!("failed to create task for container: OCI runtime create failed: {msg}: unknown"))
+    let kind =
+        if msg.contains("executable file not found") || msg.contains("no such file or directory") {
+            super::error::Kind::InvalidArgument
+        } else {
+            super::error::Kind::Internal
+        };
+    Error::new(
+        kind,
+        format!("failed to create task for container: OCI runtime create failed: {msg}: unknown"),
+    )
 }
 
 /// A connection to a shim after its response line.
@@ -65,8 +72,7 @@ pub struct Conn {
 
 /// Connect, send a request, read the response line.
 pub async fn request(state_dir: &Path, req: &Request) -> Result<(Conn, Response)> {
-    let sock = state_dir.join(protocol::SOCKET);
-    let stream = UnixStream::connect(&sock)
+    let stream = connect(state_dir)
         .await
         .map_err(|e| Error::conflict(format!("container is not running (shim: {e})")))?;
     let (r, mut w) = stream.into_split();
@@ -77,9 +83,12 @@ pub async fn request(state_dir: &Path, req: &Request) -> Result<(Conn, Response)
     let mut resp_line = String::new();
     reader.read_line(&mut resp_line).await?;
     if resp_line.is_empty() {
-        return Err(Error::conflict("container is not running (shim closed the connection)"));
+        return Err(Error::conflict(
+            "container is not running (shim closed the connection)",
+        ));
     }
-    let resp: Response = serde_json::from_str(&resp_line).map_err(|e| Error::internal(format!("shim response: {e}")))?;
+    let resp: Response = serde_json::from_str(&resp_line)
+        .map_err(|e| Error::internal(format!("shim response: {e}")))?;
     if let Some(e) = &resp.error {
         return Err(runtime_error(e));
     }
@@ -92,14 +101,17 @@ pub async fn call(state_dir: &Path, req: &Request) -> Result<Response> {
 }
 
 /// Read one frame; `None` at the end of the stream.
-pub async fn read_frame(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<(Kind, Vec<u8>)>> {
+pub async fn read_frame(
+    r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Result<Option<(Kind, Vec<u8>)>> {
     let mut head = [0u8; 5];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let kind = Kind::from_u8(head[0]).ok_or_else(|| Error::internal(format!("shim sent frame kind {}", head[0])))?;
+    let kind = Kind::from_u8(head[0])
+        .ok_or_else(|| Error::internal(format!("shim sent frame kind {}", head[0])))?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if len > protocol::MAX_FRAME {
         return Err(Error::internal("shim sent an oversized frame"));
@@ -110,7 +122,11 @@ pub async fn read_frame(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> R
 }
 
 /// Write one frame.
-pub async fn write_frame(w: &mut tokio::net::unix::OwnedWriteHalf, kind: Kind, payload: &[u8]) -> Result<()> {
+pub async fn write_frame(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<()> {
     let mut buf = Vec::with_capacity(payload.len() + 5);
     protocol::encode(&mut buf, kind, payload);
     w.write_all(&buf).await?;
@@ -123,7 +139,17 @@ pub fn read_exit(state_dir: &Path) -> Option<ExitStatus> {
     serde_json::from_slice(&data).ok()
 }
 
+/// Connect to a shim's socket (through a descriptor of its directory, as
+/// the full path may exceed the unix socket path limit).
+async fn connect(state_dir: &Path) -> std::io::Result<UnixStream> {
+    let dir = std::fs::File::open(state_dir)?;
+    let stream =
+        UnixStream::connect(vessel_runtime::shim::short_path(&dir, protocol::SOCKET)).await;
+    drop(dir);
+    stream
+}
+
 /// Whether a shim is alive behind its socket.
 pub async fn alive(state_dir: &Path) -> bool {
-    UnixStream::connect(state_dir.join(protocol::SOCKET)).await.is_ok()
+    connect(state_dir).await.is_ok()
 }

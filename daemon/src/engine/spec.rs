@@ -56,14 +56,25 @@ const READONLY: &[&str] = &[
 
 /// The environment a container's process starts with: the image's, then
 /// the request's (same key replaces), plus PATH, HOSTNAME and TERM.
-pub fn environment(image_env: &[String], request_env: &[String], hostname: &str, tty: bool) -> Vec<String> {
+pub fn environment(
+    image_env: &[String],
+    request_env: &[String],
+    hostname: &str,
+    tty: bool,
+) -> Vec<String> {
     let mut env: Vec<String> = Vec::new();
     let mut set = |kv: &str| {
         let key = kv.split('=').next().unwrap_or(kv);
-        env.retain(|e| e.split('=').next() != Some(key));
-        // `KEY` without `=` (from `-e KEY` with KEY unset) is dropped.
-        if kv.contains('=') {
-            env.push(kv.to_string());
+        let pos = env.iter().position(|e| e.split('=').next() == Some(key));
+        match (pos, kv.contains('=')) {
+            // A later value replaces an earlier one in place, as Docker does.
+            (Some(i), true) => kv.clone_into(&mut env[i]),
+            // `KEY` without `=` (from `-e KEY` with KEY unset) unsets it.
+            (Some(i), false) => {
+                env.remove(i);
+            }
+            (None, true) => env.push(kv.to_string()),
+            (None, false) => {}
         }
     };
     set(&format!("PATH={}", vessel_runtime::DEFAULT_PATH));
@@ -88,7 +99,11 @@ pub fn capabilities(hc: &HostConfig) -> Result<Vec<String>> {
     }
     let norm = |c: &str| -> Result<String> {
         let up = c.trim().to_ascii_uppercase();
-        let full = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+        let full = if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        };
         if full == "CAP_ALL" || all.contains(&full) {
             Ok(full)
         } else {
@@ -100,10 +115,17 @@ pub fn capabilities(hc: &HostConfig) -> Result<Vec<String>> {
     let mut set: Vec<String> = if drop.iter().any(|c| c == "CAP_ALL") {
         Vec::new()
     } else {
-        DEFAULT_CAPS.iter().map(ToString::to_string).filter(|c| !drop.contains(c)).collect()
+        DEFAULT_CAPS
+            .iter()
+            .map(ToString::to_string)
+            .filter(|c| !drop.contains(c))
+            .collect()
     };
     if add.iter().any(|c| c == "CAP_ALL") {
-        set = all.into_iter().filter(|c| !drop.contains(c) || add.contains(c)).collect();
+        set = all
+            .into_iter()
+            .filter(|c| !drop.contains(c) || add.contains(c))
+            .collect();
     } else {
         for c in add {
             if !set.contains(&c) {
@@ -119,7 +141,12 @@ pub fn capabilities(hc: &HostConfig) -> Result<Vec<String>> {
 pub fn read_in_root(rootfs: &Path, path: &str) -> Option<String> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
     use nix::sys::stat::Mode;
-    let root = open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let root = open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -148,20 +175,39 @@ pub fn resolve_user(rootfs: &Path, user: &str, group_add: &[String]) -> Result<I
         None => (user, None),
     };
     let u = if u.is_empty() { "0" } else { u };
-    let entries: Vec<Vec<&str>> = passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 7).collect();
+    let entries: Vec<Vec<&str>> = passwd
+        .lines()
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 7)
+        .collect();
     let (uid, mut gid, home, name) = if let Ok(n) = u.parse::<u32>() {
         match entries.iter().find(|f| f[2].parse() == Ok(n)) {
-            Some(f) => (n, f[3].parse().unwrap_or(0), f[5].to_string(), Some(f[0].to_string())),
+            Some(f) => (
+                n,
+                f[3].parse().unwrap_or(0),
+                f[5].to_string(),
+                Some(f[0].to_string()),
+            ),
             None => (n, 0, "/".to_string(), None),
         }
     } else {
-        let f = entries
-            .iter()
-            .find(|f| f[0] == u)
-            .ok_or_else(|| Error::invalid(format!("unable to find user {u}: no matching entries in passwd file")))?;
-        (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0), f[5].to_string(), Some(f[0].to_string()))
+        let f = entries.iter().find(|f| f[0] == u).ok_or_else(|| {
+            Error::invalid(format!(
+                "unable to find user {u}: no matching entries in passwd file"
+            ))
+        })?;
+        (
+            f[2].parse().unwrap_or(0),
+            f[3].parse().unwrap_or(0),
+            f[5].to_string(),
+            Some(f[0].to_string()),
+        )
     };
-    let group_entries: Vec<Vec<&str>> = groups.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 3).collect();
+    let group_entries: Vec<Vec<&str>> = groups
+        .lines()
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 3)
+        .collect();
     let lookup_group = |g: &str| -> Result<u32> {
         if let Ok(n) = g.parse::<u32>() {
             return Ok(n);
@@ -170,7 +216,11 @@ pub fn resolve_user(rootfs: &Path, user: &str, group_add: &[String]) -> Result<I
             .iter()
             .find(|f| f[0] == g)
             .and_then(|f| f[2].parse().ok())
-            .ok_or_else(|| Error::invalid(format!("unable to find group {g}: no matching entries in group file")))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unable to find group {g}: no matching entries in group file"
+                ))
+            })
     };
     if let Some(g) = g.filter(|g| !g.is_empty()) {
         gid = lookup_group(g)?;
@@ -178,7 +228,9 @@ pub fn resolve_user(rootfs: &Path, user: &str, group_add: &[String]) -> Result<I
     let mut additional = Vec::new();
     if let Some(name) = &name {
         for f in &group_entries {
-            if f.get(3).is_some_and(|members| members.split(',').any(|m| m == name)) {
+            if f.get(3)
+                .is_some_and(|members| members.split(',').any(|m| m == name))
+            {
                 if let Ok(n) = f[2].parse::<u32>() {
                     if n != gid && !additional.contains(&n) {
                         additional.push(n);
@@ -193,7 +245,12 @@ pub fn resolve_user(rootfs: &Path, user: &str, group_add: &[String]) -> Result<I
             additional.push(n);
         }
     }
-    Ok(Identity { uid, gid, additional_gids: additional, home })
+    Ok(Identity {
+        uid,
+        gid,
+        additional_gids: additional,
+        home,
+    })
 }
 
 /// Parse a size such as `64m`, `1g`, `512k`, `100` (bytes).
@@ -214,7 +271,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// Major and minor numbers of a device node on the host.
 fn device_numbers(path: &str) -> Result<(u64, u64, char)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::metadata(path).map_err(|e| Error::invalid(format!("error gathering device information while adding custom device {path:?}: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::invalid(format!(
+            "error gathering device information while adding custom device {path:?}: {e}"
+        ))
+    })?;
     let kind = if meta.file_type().is_char_device() {
         'c'
     } else if meta.file_type().is_block_device() {
@@ -223,13 +284,31 @@ fn device_numbers(path: &str) -> Result<(u64, u64, char)> {
         return Err(Error::invalid(format!("{path} is not a device node")));
     };
     let rdev = meta.rdev();
-    Ok((nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev), kind))
+    Ok((
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev),
+        kind,
+    ))
 }
 
 fn rlimit_name(name: &str) -> Result<String> {
     let known = [
-        "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
-        "rss", "rtprio", "rttime", "sigpending", "stack", "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+        "as",
     ];
     if known.contains(&name) {
         Ok(format!("RLIMIT_{}", name.to_ascii_uppercase()))
@@ -254,11 +333,22 @@ pub struct SpecInputs<'a> {
 pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
     let hc = &c.host_config;
     let cfg = &c.config;
-    let hostname = if cfg.hostname.is_empty() { c.id[..12].to_string() } else { cfg.hostname.clone() };
+    let hostname = if cfg.hostname.is_empty() {
+        c.id[..12].to_string()
+    } else {
+        cfg.hostname.clone()
+    };
     let ident = resolve_user(inp.rootfs, &cfg.user, &hc.group_add)?;
     let mut env = environment(inp.image_env, &cfg.env, &hostname, cfg.tty);
     if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", if ident.home.is_empty() { "/" } else { &ident.home }));
+        env.push(format!(
+            "HOME={}",
+            if ident.home.is_empty() {
+                "/"
+            } else {
+                &ident.home
+            }
+        ));
     }
     let caps = capabilities(hc)?;
     let mut args = vec![c.path.clone()];
@@ -266,9 +356,15 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
     if args.first().is_some_and(String::is_empty) {
         return Err(Error::invalid("no command specified"));
     }
-    let cwd = if cfg.working_dir.is_empty() { "/".to_string() } else { cfg.working_dir.clone() };
+    let cwd = if cfg.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        cfg.working_dir.clone()
+    };
     if !cwd.starts_with('/') {
-        return Err(Error::invalid(format!("the working directory '{cwd}' is invalid, it needs to be an absolute path")));
+        return Err(Error::invalid(format!(
+            "the working directory '{cwd}' is invalid, it needs to be an absolute path"
+        )));
     }
     let mut no_new_privs = false;
     let mut seccomp: Option<Value> = None;
@@ -281,7 +377,7 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
             "seccomp" => {
                 let profile: Value = serde_json::from_str(v)
                     .map_err(|e| Error::invalid(format!("decoding seccomp profile failed: {e}")))?;
-                seccomp = Some(vessel_seccomp_from_docker(&profile, &caps)?);
+                seccomp = Some(vessel_seccomp_from_docker(&profile, &caps));
                 seccomp_default = false;
             }
             "apparmor" | "label" => {}
@@ -290,14 +386,17 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
     }
     if seccomp_default {
         let set: Vec<caps::Capability> = caps.iter().filter_map(|c| c.parse().ok()).collect();
-        let profile = vessel_runtime::seccomp::default_profile(set, vessel_runtime::seccomp::native_arch())
-            .map_err(|e| Error::from_err("default seccomp profile", &e))?;
+        let profile =
+            vessel_runtime::seccomp::default_profile(set, vessel_runtime::seccomp::native_arch())
+                .map_err(|e| Error::from_err("default seccomp profile", &e))?;
         seccomp = Some(serde_json::to_value(profile).map_err(|e| Error::internal(e.to_string()))?);
     }
     let rlimits: Vec<Value> = hc
         .ulimits
         .iter()
-        .map(|u: &Ulimit| -> Result<Value> { Ok(json!({"type": rlimit_name(&u.name)?, "soft": u.soft, "hard": u.hard})) })
+        .map(|u: &Ulimit| -> Result<Value> {
+            Ok(json!({"type": rlimit_name(&u.name)?, "soft": u.soft, "hard": u.hard}))
+        })
         .collect::<Result<_>>()?;
 
     // Namespaces.
@@ -321,8 +420,16 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
 
     // Mounts: Docker's defaults, then the container's files and the user's.
     let dir = c.dir(inp.paths);
-    let shm_size = if hc.shm_size > 0 { hc.shm_size } else { 64 << 20 };
-    let sys_opts = if hc.privileged { vec!["nosuid", "noexec", "nodev"] } else { vec!["nosuid", "noexec", "nodev", "ro"] };
+    let shm_size = if hc.shm_size > 0 {
+        hc.shm_size
+    } else {
+        64 << 20
+    };
+    let sys_opts = if hc.privileged {
+        vec!["nosuid", "noexec", "nodev"]
+    } else {
+        vec!["nosuid", "noexec", "nodev", "ro"]
+    };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -332,8 +439,16 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={shm_size}")]}),
     ];
-    let user_dests: HashSet<String> = inp.mounts.iter().filter_map(|m| m["destination"].as_str().map(String::from)).collect();
-    for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")] {
+    let user_dests: HashSet<String> = inp
+        .mounts
+        .iter()
+        .filter_map(|m| m["destination"].as_str().map(String::from))
+        .collect();
+    for (file, dest) in [
+        ("hostname", "/etc/hostname"),
+        ("hosts", "/etc/hosts"),
+        ("resolv.conf", "/etc/resolv.conf"),
+    ] {
         if !user_dests.contains(dest) {
             mounts.push(json!({"destination": dest, "type": "bind", "source": dir.join(file), "options": ["rbind", "rprivate"]}));
         }
@@ -348,8 +463,16 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
     }
     for d in &hc.devices {
         let (major, minor, kind) = device_numbers(&d.path_on_host)?;
-        let dest = if d.path_in_container.is_empty() { d.path_on_host.clone() } else { d.path_in_container.clone() };
-        let perms = if d.cgroup_permissions.is_empty() { "rwm".to_string() } else { d.cgroup_permissions.clone() };
+        let dest = if d.path_in_container.is_empty() {
+            d.path_on_host.clone()
+        } else {
+            d.path_in_container.clone()
+        };
+        let perms = if d.cgroup_permissions.is_empty() {
+            "rwm".to_string()
+        } else {
+            d.cgroup_permissions.clone()
+        };
         devices.push(json!({"path": dest, "type": kind.to_string(), "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0}));
         device_rules.push(json!({"allow": true, "type": kind.to_string(), "major": major, "minor": minor, "access": perms}));
     }
@@ -439,8 +562,16 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
         "sysctl": hc.sysctls,
     });
     if !hc.privileged {
-        linux["maskedPaths"] = json!(hc.masked_paths.clone().unwrap_or_else(|| MASKED.iter().map(ToString::to_string).collect()));
-        linux["readonlyPaths"] = json!(hc.readonly_paths.clone().unwrap_or_else(|| READONLY.iter().map(ToString::to_string).collect()));
+        linux["maskedPaths"] = json!(
+            hc.masked_paths
+                .clone()
+                .unwrap_or_else(|| MASKED.iter().map(ToString::to_string).collect())
+        );
+        linux["readonlyPaths"] = json!(
+            hc.readonly_paths
+                .clone()
+                .unwrap_or_else(|| READONLY.iter().map(ToString::to_string).collect())
+        );
     }
     if let Some(s) = seccomp {
         linux["seccomp"] = s;
@@ -481,19 +612,28 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
 /// A Docker-format seccomp profile (as `--security-opt seccomp=FILE` sends
 /// it) in OCI form: Docker's profile has `names`/`action`/`args` rules plus
 /// `includes`/`excludes` by capability and architecture, which apply here.
-fn vessel_seccomp_from_docker(profile: &Value, caps: &[String]) -> Result<Value> {
+fn vessel_seccomp_from_docker(profile: &Value, caps: &[String]) -> Value {
     let arch = serde_json::to_value(vessel_runtime::seccomp::native_arch())
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
     let allowed = |cond: &Value| -> bool {
-        let caps_ok = cond["caps"].as_array().is_none_or(|l| l.iter().all(|c| c.as_str().is_some_and(|c| caps.iter().any(|x| x == c))));
-        let arch_ok = cond["arches"].as_array().is_none_or(|l| l.iter().any(|a| a.as_str() == Some(arch.as_str())));
+        let caps_ok = cond["caps"].as_array().is_none_or(|l| {
+            l.iter()
+                .all(|c| c.as_str().is_some_and(|c| caps.iter().any(|x| x == c)))
+        });
+        let arch_ok = cond["arches"]
+            .as_array()
+            .is_none_or(|l| l.iter().any(|a| a.as_str() == Some(arch.as_str())));
         caps_ok && arch_ok
     };
     let excluded = |cond: &Value| -> bool {
-        cond["caps"].as_array().is_some_and(|l| l.iter().any(|c| c.as_str().is_some_and(|c| caps.iter().any(|x| x == c))))
-            || cond["arches"].as_array().is_some_and(|l| l.iter().any(|a| a.as_str() == Some(arch.as_str())))
+        cond["caps"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|c| c.as_str().is_some_and(|c| caps.iter().any(|x| x == c)))
+        }) || cond["arches"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|a| a.as_str() == Some(arch.as_str())))
     };
     let mut syscalls = Vec::new();
     for rule in profile["syscalls"].as_array().into_iter().flatten() {
@@ -527,13 +667,18 @@ fn vessel_seccomp_from_docker(profile: &Value, caps: &[String]) -> Result<Value>
             for m in map {
                 if m["architecture"].as_str() == Some(arch.as_str()) {
                     archs.push(m["architecture"].clone());
-                    archs.extend(m["subArchitectures"].as_array().cloned().unwrap_or_default());
+                    archs.extend(
+                        m["subArchitectures"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
                 }
             }
             out["architectures"] = Value::Array(archs);
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -542,15 +687,22 @@ mod tests {
 
     #[test]
     fn env_merges_like_docker() {
-        let env = environment(&["PATH=/img".into(), "A=1".into()], &["A=2".into(), "B".into(), "C=3".into()], "h", true);
+        let env = environment(
+            &["PATH=/img".into(), "A=1".into()],
+            &["A=2".into(), "B".into(), "C=3".into()],
+            "h",
+            true,
+        );
         assert_eq!(env, ["PATH=/img", "HOSTNAME=h", "A=2", "C=3", "TERM=xterm"]);
     }
 
     #[test]
     fn cap_add_and_drop() {
-        let mut hc = HostConfig::default();
-        hc.cap_drop = vec!["NET_RAW".into(), "chown".into()];
-        hc.cap_add = vec!["SYS_ADMIN".into()];
+        let mut hc = HostConfig {
+            cap_drop: vec!["NET_RAW".into(), "chown".into()],
+            cap_add: vec!["SYS_ADMIN".into()],
+            ..HostConfig::default()
+        };
         let c = capabilities(&hc).unwrap();
         assert!(!c.contains(&"CAP_NET_RAW".to_string()) && !c.contains(&"CAP_CHOWN".to_string()));
         assert!(c.contains(&"CAP_SYS_ADMIN".to_string()));
@@ -565,17 +717,31 @@ mod tests {
     fn users_resolve_from_the_rootfs_and_never_outside_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/srv:/bin/sh\n").unwrap();
-        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nweb:x:1001:\nextra:x:2000:web\nother:x:3000:\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/srv:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nweb:x:1001:\nextra:x:2000:web\nother:x:3000:\n",
+        )
+        .unwrap();
         let id = resolve_user(dir.path(), "web", &["other".into()]).unwrap();
-        assert_eq!((id.uid, id.gid, id.additional_gids.clone(), id.home.as_str()), (1000, 1001, vec![2000, 3000], "/srv"));
+        assert_eq!(
+            (id.uid, id.gid, id.additional_gids.clone(), id.home.as_str()),
+            (1000, 1001, vec![2000, 3000], "/srv")
+        );
         let id = resolve_user(dir.path(), "1000:0", &[]).unwrap();
         assert_eq!((id.uid, id.gid), (1000, 0));
         assert!(resolve_user(dir.path(), "nobody-here", &[]).is_err());
         // A passwd symlink out of the root resolves inside it instead.
         std::fs::remove_file(dir.path().join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("etc/passwd")).unwrap();
-        assert!(resolve_user(dir.path(), "root", &[]).is_err(), "host passwd must not be read");
+        assert!(
+            resolve_user(dir.path(), "root", &[]).is_err(),
+            "host passwd must not be read"
+        );
     }
 
     #[test]

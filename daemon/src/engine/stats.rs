@@ -3,18 +3,20 @@
 
 use serde_json::{Value, json};
 
-use super::error::{Error, Result};
 use super::Engine;
+use super::error::{Error, Result};
 
 /// Total CPU time of the host in nanoseconds (the `system_cpu_usage` the
 /// docker CLI divides by), from /proc/stat.
 fn system_cpu_ns() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: u64 = stat
-        .lines()
-        .next()
-        .map(|l| l.split_whitespace().skip(1).take(8).filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
+    let ticks: u64 = stat.lines().next().map_or(0, |l| {
+        l.split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum()
+    });
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks.saturating_mul(1_000_000_000 / hz)
@@ -59,7 +61,10 @@ impl Engine {
         for (k, v) in &s.memory.raw {
             mem_stats.insert(k.clone(), json!(v));
         }
-        mem_stats.insert("total_inactive_file".into(), json!(s.memory.raw.get("inactive_file").copied().unwrap_or(0)));
+        mem_stats.insert(
+            "total_inactive_file".into(),
+            json!(s.memory.raw.get("inactive_file").copied().unwrap_or(0)),
+        );
         let limit = if s.memory.usage.limit == 0 || s.memory.usage.limit >= (1u64 << 62) {
             // Unlimited: Docker reports the host's memory.
             host_memory()
@@ -107,8 +112,9 @@ impl Engine {
     }
 
     /// Whether a container is running (for the stats stream's end).
-    pub async fn is_running(&self, reference: &str) -> bool {
-        self.get(reference).is_ok_and(|e| e.view().state.status.is_live())
+    pub fn is_running(&self, reference: &str) -> bool {
+        self.get(reference)
+            .is_ok_and(|e| e.view().state.status.is_live())
     }
 }
 
@@ -117,8 +123,10 @@ pub fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
         })
         .map_or(0, |kb| kb * 1024)
 }

@@ -386,7 +386,8 @@ mod tests {
         // Docker clients send null for empty lists; serde's default does not
         // cover null, so the engine normalises such bodies first.
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        let req: CreateRequest = serde_json::from_value(crate::engine::json::strip_nulls(v)).unwrap();
+        let req: CreateRequest =
+            serde_json::from_value(crate::engine::json::strip_nulls(v)).unwrap();
         assert_eq!(req.config.cmd, ["echo hi"]);
         assert!(req.config.entrypoint.is_empty());
         assert_eq!(req.host_config.memory, 64 << 20);

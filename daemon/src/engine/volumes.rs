@@ -41,7 +41,9 @@ pub fn valid_name(name: &str) -> bool {
 impl Volumes {
     pub fn open(dir: &Path) -> Result<Volumes> {
         std::fs::create_dir_all(dir)?;
-        Ok(Volumes { dir: dir.to_path_buf() })
+        Ok(Volumes {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn meta(&self, name: &str) -> PathBuf {
@@ -49,7 +51,13 @@ impl Volumes {
     }
 
     /// Create a volume, or return the existing one of that name.
-    pub fn create(&self, name: Option<&str>, labels: BTreeMap<String, String>, options: BTreeMap<String, String>, anonymous: bool) -> Result<(Volume, bool)> {
+    pub fn create(
+        &self,
+        name: Option<&str>,
+        labels: BTreeMap<String, String>,
+        options: BTreeMap<String, String>,
+        anonymous: bool,
+    ) -> Result<(Volume, bool)> {
         let name = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 if !valid_name(n) {
@@ -61,11 +69,13 @@ impl Volumes {
             }
             None => super::container::new_id(),
         };
-        if let Some(existing) = self.get(&name).ok() {
+        if let Ok(existing) = self.get(&name) {
             return Ok((existing, false));
         }
         if !options.is_empty() {
-            return Err(Error::invalid("the local volume driver here takes no options"));
+            return Err(Error::invalid(
+                "the local volume driver here takes no options",
+            ));
         }
         let data = self.dir.join(&name).join("_data");
         std::fs::create_dir_all(&data)?;
@@ -88,7 +98,8 @@ impl Volumes {
         if !valid_name(name) {
             return Err(Error::not_found(format!("get {name}: no such volume")));
         }
-        let data = std::fs::read(self.meta(name)).map_err(|_| Error::not_found(format!("get {name}: no such volume")))?;
+        let data = std::fs::read(self.meta(name))
+            .map_err(|_| Error::not_found(format!("get {name}: no such volume")))?;
         serde_json::from_slice(&data).map_err(|e| Error::internal(format!("volume {name}: {e}")))
     }
 
@@ -122,7 +133,9 @@ pub fn dir_size(dir: &Path) -> u64 {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(meta) = e.path().symlink_metadata() else { continue };
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
             if meta.is_dir() {
                 stack.push(e.path());
             } else if meta.is_file() {
@@ -141,11 +154,18 @@ mod tests {
     fn create_list_remove() {
         let dir = tempfile::tempdir().unwrap();
         let vols = Volumes::open(dir.path()).unwrap();
-        let (v, created) = vols.create(Some("data"), BTreeMap::new(), BTreeMap::new(), false).unwrap();
+        let (v, created) = vols
+            .create(Some("data"), BTreeMap::new(), BTreeMap::new(), false)
+            .unwrap();
         assert!(created && Path::new(&v.mountpoint).is_dir());
-        let (_, again) = vols.create(Some("data"), BTreeMap::new(), BTreeMap::new(), false).unwrap();
+        let (_, again) = vols
+            .create(Some("data"), BTreeMap::new(), BTreeMap::new(), false)
+            .unwrap();
         assert!(!again);
-        assert!(vols.create(Some("../x"), BTreeMap::new(), BTreeMap::new(), false).is_err());
+        assert!(
+            vols.create(Some("../x"), BTreeMap::new(), BTreeMap::new(), false)
+                .is_err()
+        );
         assert_eq!(vols.list().len(), 1);
         vols.remove("data").unwrap();
         assert!(vols.get("data").is_err());

@@ -231,6 +231,24 @@ pub fn with_lock<T>(lock_path: &Path, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A binary of this workspace, built next to the running test (in
+/// `target/<profile>/`). Panics with a hint when it has not been built.
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        bin.display()
+    );
+    bin
+}
+
 /// Processes whose command line mentions `needle`, for leak checks.
 pub fn processes_matching(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();

@@ -29,7 +29,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use crate::error::{Error, Result, SysContext};
 use crate::sync::{Channel, Msg};
-use crate::{hooks, process, rootfs, seccomp, spec, sys};
+use crate::{hooks, process, reaper, rootfs, seccomp, spec, sys};
 
 /// What the child is for.
 pub(crate) enum Role {
@@ -318,7 +318,7 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
 
     chan.send(&Msg::Ready)?;
 
-    let _started = match &cfg.role {
+    let started = match &cfg.role {
         Role::Init { fifo, .. } => Some(wait_for_start(fifo)?),
         Role::Exec => None,
     };
@@ -342,6 +342,9 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
         }
     }
     sys::cloexec_from(3 + cfg.preserve_fds).sys(|| "close_range".into())?;
+    if matches!(cfg.role, Role::Init { .. }) && reaper::requested(cfg.spec) {
+        return reaper::run(&exe, &args, &env, started);
+    }
     sys::reset_signals();
     process::exec(&exe, &args, &env)
 }

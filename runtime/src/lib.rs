@@ -22,6 +22,7 @@ pub mod hooks;
 mod init;
 pub mod mounts;
 mod process;
+pub mod reaper;
 mod rootfs;
 pub mod seccomp;
 pub mod shim;

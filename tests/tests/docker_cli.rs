@@ -341,3 +341,83 @@ fn volumes_events_and_df() {
     let df = d.ok(&["system", "df"]);
     assert!(df.contains("Images") && df.contains("Containers"), "{df}");
 }
+
+#[test]
+fn init_reaps_orphans_and_forwards_signals() {
+    need!();
+    let d = Daemon::start("cli-init");
+    d.load_busybox();
+    // The reaper is PID 1; the program is its child; the exit code passes
+    // through.
+    let out = d.run(&[
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/1/comm; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "vessel-init\n");
+
+    // An orphan re-parented to PID 1 is reaped when it dies: its PID
+    // disappears instead of staying a zombie.
+    d.ok(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        "reaper",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 3' TERM; (sleep 1000 & echo $! > /tmp/orphan); \
+         while true; do sleep 0.1; done",
+    ]);
+    let orphan = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = d.run(&["exec", "reaper", "cat", "/tmp/orphan"]);
+            let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && !s.is_empty() {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "no orphan pid");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "reaper",
+            "sh",
+            "-c",
+            &format!("cat /proc/{orphan}/stat | cut -d' ' -f4")
+        ])
+        .trim(),
+        "1",
+        "the orphan's parent is PID 1"
+    );
+    d.ok(&["exec", "reaper", "kill", &orphan]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let gone = !d
+            .run(&["exec", "reaper", "test", "-e", &format!("/proc/{orphan}")])
+            .status
+            .success();
+        if gone {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed orphan {orphan} was never reaped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // `docker stop` signals PID 1, which forwards to the program.
+    d.ok(&["stop", "-t", "30", "reaper"]);
+    let st = json(&d.ok(&["inspect", "reaper"]));
+    assert_eq!(st[0]["State"]["ExitCode"], 3, "{st}");
+    assert!(d.ok(&["logs", "reaper"]).contains("got-term"));
+}

@@ -600,6 +600,11 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
             "io.vessel.image": c.image,
         },
     });
+    if hc.init == Some(true) {
+        // `--init`: the runtime keeps a reaper as PID 1 (see
+        // vessel_runtime::reaper); nothing is mounted into the container.
+        spec["annotations"][vessel_runtime::reaper::INIT_ANNOTATION] = json!("true");
+    }
     if hc.uts_mode != "host" {
         spec["hostname"] = json!(hostname);
         if !cfg.domainname.is_empty() {

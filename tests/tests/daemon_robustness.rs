@@ -140,8 +140,7 @@ fn kill9_daemon_live_restore() {
 
 /// Open file descriptors of a process.
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map_or(0, Iterator::count)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 /// Resident set size of a process in KiB.

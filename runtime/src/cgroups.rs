@@ -197,12 +197,12 @@ impl Cgroup {
 
     fn set_devices(&self, rules: &[LinuxDeviceCgroup], devices: &[LinuxDevice]) -> Result<()> {
         if self.layout == Layout::V2 {
-            if rules.iter().any(|r| !r.allow()) {
-                return Err(Error::Unsupported(
-                    "device rules on a pure cgroup2 host need an eBPF device filter, which this runtime does not install yet".into(),
-                ));
-            }
-            return Ok(());
+            // No devices controller on cgroup2: the same rules become an
+            // eBPF program attached to the cgroup.
+            let mut all = rules.to_vec();
+            all.extend(implicit_device_rules(devices));
+            let dir = Path::new(CGROUP_ROOT).join(self.path.trim_start_matches('/'));
+            return crate::devfilter::install(&all, &dir);
         }
         let Some((mount, _)) = cgroups_rs::fs::hierarchies::V1::new()
             .get_mount_point(cgroups_rs::fs::Controllers::Devices)

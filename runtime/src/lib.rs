@@ -14,6 +14,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod devfilter;
 mod error;
 pub mod events;
 pub mod features;

@@ -178,6 +178,10 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io("write pid file", path, e))
 }
 
+/// Where compiled seccomp filters are cached, inside the runtime's root
+/// (not a valid container ID, so never mistaken for one).
+const SECCOMP_CACHE: &str = ".seccomp-cache";
+
 /// Create a container: everything up to the point where its init waits for
 /// `start`.
 pub fn create(root: &Root, o: &CreateOptions) -> Result<ContainerState> {
@@ -202,7 +206,7 @@ pub fn create(root: &Root, o: &CreateOptions) -> Result<ContainerState> {
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref())
-        .map(seccomp::compile)
+        .map(|s| seccomp::compile_cached(s, &root.dir().join(SECCOMP_CACHE)))
         .transpose()?;
     let cgroup_path = crate::cgroups::resolve_path(
         spec.linux()
@@ -738,7 +742,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref())
-        .map(seccomp::compile)
+        .map(|s| seccomp::compile_cached(s, &root.dir().join(SECCOMP_CACHE)))
         .transpose()?;
     let mut cgroup = Cgroup::open(&state.cgroup_path)?;
     let (parent, child) = sync::pair()?;

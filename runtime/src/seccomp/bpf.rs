@@ -49,6 +49,20 @@ impl std::fmt::Debug for Program {
 }
 
 impl Program {
+    /// A program from its parts (the on-disk cache).
+    pub(crate) fn from_parts(insns: Vec<libc::sock_filter>, flags: u64, listener: bool) -> Program {
+        Program {
+            insns,
+            flags,
+            listener,
+        }
+    }
+
+    /// The filter's own flags, before the listener's are added.
+    pub(crate) fn base_flags(&self) -> u64 {
+        self.flags
+    }
+
     /// Number of BPF instructions.
     pub fn len(&self) -> usize {
         self.insns.len()

@@ -33,6 +33,7 @@
 //! container state it sends to the agent: the caller passes it in.
 
 mod bpf;
+mod cache;
 mod listener;
 mod profile;
 #[cfg(test)]
@@ -52,6 +53,7 @@ use oci_spec::runtime::{
 use tracing::debug;
 
 pub use bpf::{Program, load};
+pub use cache::compile_cached;
 pub use listener::send_listener_fd;
 pub use profile::{KernelVersion, default_profile, default_profile_for_kernel};
 

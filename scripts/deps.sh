@@ -14,7 +14,7 @@ packages=(
     # Peers and black-box clients used by tests and benchmarks.
     crun runc podman conmon containerd skopeo docker-registry
     # Tools the tests and scripts call.
-    iproute2 nftables procps util-linux jq python3-pip python3-venv
+    iproute2 nftables procps util-linux jq curl python3-pip python3-venv
     hyperfine strace e2fsprogs erofs-utils
 )
 

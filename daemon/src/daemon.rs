@@ -27,6 +27,10 @@ pub struct Options {
     pub tls_ca: Option<PathBuf>,
     pub group: String,
     pub shim_binary: Option<PathBuf>,
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Serve an embedded registry on this address (storage under ROOT/registry).
+    pub registry: Option<std::net::SocketAddr>,
 }
 
 /// Holds the pid file (with an exclusive lock) for the daemon's life.
@@ -131,9 +135,25 @@ pub async fn run(o: Options) -> Result<()> {
             .shim_binary
             .clone()
             .unwrap_or_else(engine::shim::find_binary),
+        registry: engine::distribution::RegistryOptions {
+            insecure: o.insecure_registries.clone(),
+        },
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let registry = match o.registry {
+        Some(addr) => {
+            let mut cfg = vessel_registry::config::Config::default();
+            cfg.server.addr = addr;
+            cfg.storage.root = o.root.join("registry");
+            let h = vessel_registry::server::Server::start(cfg)
+                .await
+                .with_context(|| format!("start the embedded registry on {addr}"))?;
+            tracing::info!(addr = %h.local_addr(), "embedded registry listening");
+            Some(h)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = tls_acceptor(&o)?;
     let mut tasks = Vec::new();
@@ -191,6 +211,9 @@ pub async fn run(o: Options) -> Result<()> {
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(h) = registry {
+        h.shutdown().await;
     }
     for h in &hosts {
         if let Some(path) = h.strip_prefix("unix://") {

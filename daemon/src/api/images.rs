@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{Body, Req, json as json_resp, streaming};
 use crate::engine::Engine;
+use crate::engine::distribution::{AuthConfig, PullRequest};
 use crate::engine::error::{Error, Kind};
 use crate::images::{ConfigChanges, ImportOptions};
 
@@ -64,10 +65,7 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
                     Ok(super::status(StatusCode::CREATED))
                 }
                 (Method::GET, "get") => save(&engine, vec![name]).await,
-                (Method::POST, "push") => Err(Error::new(
-                    Kind::NotImplemented,
-                    "pushing images is not available in this daemon yet",
-                )),
+                (Method::POST, "push") => push(engine, req, &name).await,
                 _ => Err(Error::not_found(format!(
                     "page not found: {m} /{}",
                     p.join("/")
@@ -346,17 +344,100 @@ pub fn parse_changes(changes: &[String]) -> Result<ConfigChanges, Error> {
     Ok(out)
 }
 
+/// The registry credentials a request carries.
+fn registry_auth(req: &Req) -> Result<Option<AuthConfig>, Error> {
+    match req.head.headers.get("x-registry-auth") {
+        Some(v) => AuthConfig::from_header(
+            v.to_str()
+                .map_err(|_| Error::invalid("X-Registry-Auth is not ASCII"))?,
+        ),
+        None => Ok(None),
+    }
+}
+
+/// Run a pull or push that reports through `rx`: an error before its
+/// first message is an HTTP error; later ones end the stream as
+/// `{"errorDetail": ...}`.
+async fn progress_response(
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+    mut rx: mpsc::UnboundedReceiver<Value>,
+) -> Result<Response<Body>, Error> {
+    let Some(first) = rx.recv().await else {
+        task.await
+            .map_err(|e| Error::internal(format!("task failed: {e}")))??;
+        let (_tx, resp) = message_stream();
+        return Ok(resp);
+    };
+    let (tx, resp) = message_stream();
+    tokio::spawn(async move {
+        let mut next = Some(first);
+        while let Some(m) = next {
+            if tx.send(msg(&m)).await.is_err() {
+                return;
+            }
+            next = rx.recv().await;
+        }
+        let err = match task.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.message,
+            Err(e) => format!("task failed: {e}"),
+        };
+        let _ = tx
+            .send(msg(&json!({"errorDetail": {"message": err}, "error": err})))
+            .await;
+    });
+    Ok(resp)
+}
+
+async fn pull(engine: Arc<Engine>, req: &Req) -> Result<Response<Body>, Error> {
+    let image = req.query.str("fromImage");
+    let tag = req.query.str("tag");
+    if image.is_empty() {
+        return Err(Error::invalid("fromImage or fromSrc is required"));
+    }
+    let reference = if tag.is_empty() || image.contains('@') {
+        image.to_string()
+    } else if tag.contains(':') {
+        format!("{image}@{tag}")
+    } else {
+        format!("{image}:{tag}")
+    };
+    let request = PullRequest {
+        reference,
+        platform: req.query.str("platform").to_string(),
+        auth: registry_auth(req)?,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move { engine.image_pull(request, tx).await });
+    progress_response(task, rx).await
+}
+
+async fn push(engine: Arc<Engine>, req: &Req, name: &str) -> Result<Response<Body>, Error> {
+    let auth = registry_auth(req)?;
+    let tag = req.query.str("tag").to_string();
+    let name = name.to_string();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move { engine.image_push(&name, &tag, auth, tx).await });
+    progress_response(task, rx).await
+}
+
+/// `POST /auth`: check credentials against the registry.
+pub async fn auth(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
+    let body = req.body(1 << 20).await?;
+    let auth: AuthConfig = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid(format!("invalid auth configuration: {e}")))?;
+    engine.registry_login(auth).await?;
+    Ok(json_resp(
+        StatusCode::OK,
+        &json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+    ))
+}
+
 #[allow(clippy::unused_async, reason = "route handlers are async")]
 async fn create(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let from_src = req.query.str("fromSrc").to_string();
     if from_src.is_empty() {
-        let image = req.query.str("fromImage");
-        return Err(Error::new(
-            Kind::NotFound,
-            format!(
-                "pull access denied for {image}: pulling from registries is not available in this daemon yet; load or import the image instead"
-            ),
-        ));
+        return pull(engine, req).await;
     }
     if from_src != "-" {
         return Err(Error::new(

@@ -368,10 +368,7 @@ async fn route(engine: Arc<Engine>, mut req: Req) -> Result<Response<Body>, Erro
         Some("commit") => images::commit(engine, &mut req).await,
         Some("volumes") => system::volumes(engine, &mut req).await,
         Some("networks") => system::networks(&req),
-        Some("auth") => Err(Error::new(
-            Kind::NotImplemented,
-            "registry login is not available in this daemon yet",
-        )),
+        Some("auth") if req.method == Method::POST => images::auth(engine, &mut req).await,
         Some("build") => Err(Error::new(
             Kind::NotImplemented,
             "building images is not available in this daemon yet",

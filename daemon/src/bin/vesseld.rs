@@ -42,6 +42,13 @@ struct Cli {
     /// The vessel-shim binary (default: next to vesseld).
     #[arg(long)]
     shim_binary: Option<PathBuf>,
+    /// A registry reached over plain HTTP (host[:port]; repeatable).
+    /// Loopback registries always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
+    /// Also serve an OCI registry on this address (storage under ROOT/registry).
+    #[arg(long)]
+    registry: Option<std::net::SocketAddr>,
     /// Log level (error, warn, info, debug, trace).
     #[arg(short = 'l', long, default_value = "info", env = "VESSEL_LOG")]
     log_level: String,
@@ -69,5 +76,7 @@ fn main() -> anyhow::Result<()> {
         tls_ca: cli.tlscacert,
         group: cli.group,
         shim_binary: cli.shim_binary,
+        insecure_registries: cli.insecure_registry,
+        registry: cli.registry,
     }))
 }

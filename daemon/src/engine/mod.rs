@@ -9,6 +9,7 @@
 //! a previous daemon (live restore).
 
 pub mod container;
+pub mod distribution;
 pub mod error;
 pub mod events;
 pub mod exec;
@@ -44,6 +45,8 @@ pub struct Config {
     pub exec_root: PathBuf,
     /// The `vessel-shim` binary.
     pub shim_binary: PathBuf,
+    /// Registry settings for pull and push.
+    pub registry: distribution::RegistryOptions,
 }
 
 /// A container in memory: its record and a channel that announces changes
@@ -130,6 +133,7 @@ pub struct Engine {
     pub images: Arc<ImageStore>,
     pub events: events::Bus,
     pub volumes: volumes::Volumes,
+    pub registry: distribution::RegistryOptions,
     shim_binary: PathBuf,
     containers: RwLock<BTreeMap<String, Arc<Entry>>>,
     /// Container names (without the slash) to IDs.
@@ -179,6 +183,7 @@ impl Engine {
             images: Arc::new(images),
             events: events::Bus::default(),
             shim_binary: cfg.shim_binary,
+            registry: cfg.registry,
             containers: RwLock::new(BTreeMap::new()),
             names: RwLock::new(HashMap::new()),
             execs: std::sync::Mutex::new(HashMap::new()),

@@ -232,6 +232,53 @@ impl ContentStore {
         })
     }
 
+    /// Path of the ingest named `name` (a caller-managed partial blob).
+    pub fn ingest_path(&self, name: &str) -> PathBuf {
+        self.root.join("ingest").join(name)
+    }
+
+    /// Publish the ingest `name`, whose bytes the caller has verified to
+    /// hash to `digest`: fsync, rename into place, fsync the directory.
+    /// Returns false when the blob already existed (the ingest is dropped).
+    pub fn publish_ingest(&self, name: &str, digest: &Digest) -> Result<bool> {
+        let src = self.ingest_path(name);
+        let dest = self.blob_path(digest);
+        if dest.exists() {
+            let _ = fs::remove_file(&src);
+            return Ok(false);
+        }
+        match File::open(&src) {
+            Ok(f) => f.sync_all().map_err(io_err("fsync ingest", &src))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // An empty blob: nothing was written.
+                File::create(&src).map_err(io_err("create ingest", &src))?;
+            }
+            Err(e) => return Err(io_err("open ingest", &src)(e)),
+        }
+        fs::rename(&src, &dest).map_err(io_err("move blob into place", &dest))?;
+        let dir = dest.parent().expect("blob paths have a parent");
+        sys::fsync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        Ok(true)
+    }
+
+    /// The first bytes of a blob (up to 512), to tell JSON from layers.
+    pub fn read_head(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let p = self.blob_path(digest);
+        let mut f = File::open(&p).map_err(io_err("open blob", &p))?;
+        let mut buf = vec![0u8; 512];
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("read blob", &p)(e)),
+            }
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+
     /// Delete a blob. Missing blobs are not an error.
     pub fn delete(&self, digest: &Digest) -> Result<()> {
         let p = self.blob_path(digest);

@@ -24,6 +24,7 @@ pub mod content;
 pub mod db;
 pub mod diff;
 pub mod digest;
+pub mod distribution;
 pub mod layer;
 pub mod manifest;
 pub mod reference;

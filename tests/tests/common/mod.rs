@@ -20,16 +20,24 @@ pub struct Daemon {
     pub tmp: TempRoot,
     pub sock: PathBuf,
     child: Option<Child>,
+    /// Extra vesseld flags.
+    args: Vec<String>,
 }
 
 impl Daemon {
     pub fn start(name: &str) -> Daemon {
+        Daemon::start_with(name, &[])
+    }
+
+    /// Start with extra vesseld flags.
+    pub fn start_with(name: &str, args: &[&str]) -> Daemon {
         let tmp = TempRoot::new(name);
         let sock = tmp.join("vessel.sock");
         let mut d = Daemon {
             tmp,
             sock,
             child: None,
+            args: args.iter().map(|a| (*a).to_string()).collect(),
         };
         d.spawn();
         d
@@ -51,6 +59,7 @@ impl Daemon {
             .arg(format!("unix://{}", self.sock.display()))
             .arg("--shim-binary")
             .arg(vessel_testkit::cargo_bin("vessel-shim"))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

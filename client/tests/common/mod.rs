@@ -2,11 +2,12 @@
 //! the `vessel` binary against it, the busybox image, and a recording
 //! proxy in front of a daemon socket.
 //!
-//! Which daemon: `VESSEL_CLI_TEST_SOCK=/path/to.sock` uses a running
+//! Which daemon: by default a private vesseld (built in this workspace:
+//! `cargo build --bins` first) per test on a temporary root, stopped and
+//! removed after; `VESSEL_CLI_TEST_SOCK=/path/to.sock` uses a running
 //! Docker-compatible daemon (vesseld or dockerd) and leaves it running;
-//! `VESSEL_CLI_TEST_DOCKERD=1` starts a private dockerd per test on a
-//! temporary root (no bridge, no iptables) and stops and removes it after.
-//! Without either the tests are opt-in and print why they did nothing.
+//! `VESSEL_CLI_TEST_DOCKERD=1` starts a private dockerd per test instead
+//! (no bridge, no iptables), to check the CLI against Docker itself.
 
 #![allow(dead_code)]
 
@@ -24,6 +25,8 @@ pub struct Daemon {
     /// Client configuration directory (DOCKER_CONFIG) private to the test.
     pub config: TempRoot,
     dockerd: Option<Child>,
+    /// A private vesseld; its shims are found by the root's path.
+    vesseld: Option<Child>,
     root: Option<TempRoot>,
     /// The private dockerd's cgroup parent, removed after it stops.
     cgroup_parent: Option<String>,
@@ -46,6 +49,42 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let Some(mut child) = self.vesseld.take() {
+            // Containers first, through the daemon, then the daemon.
+            let host = self.host();
+            if let Ok(out) = Command::new("docker")
+                .env("DOCKER_HOST", &host)
+                .args(["ps", "-aq"])
+                .output()
+            {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .env("DOCKER_HOST", &host)
+                        .arg("rm")
+                        .arg("-f")
+                        .args(&ids)
+                        .output();
+                }
+            }
+            // SAFETY: kill has no memory-safety preconditions; the pid is our
+            // own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+            if let Some(root) = &self.root {
+                for pid in vessel_testkit::processes_matching(&root.path().display().to_string()) {
+                    // SAFETY: as above; these are shims under our root.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                }
+            }
+        }
         if let Some(mut child) = self.dockerd.take() {
             // SAFETY: kill has no memory-safety preconditions; the pid is our
             // own child, not yet reaped.
@@ -77,17 +116,19 @@ pub fn daemon(test: &str) -> Option<Daemon> {
             sock: PathBuf::from(sock),
             config: TempRoot::new("cli-config"),
             dockerd: None,
+            vesseld: None,
             root: None,
             cgroup_parent: None,
             made_run_docker: false,
         });
     }
     if std::env::var("VESSEL_CLI_TEST_DOCKERD").as_deref() != Ok("1") {
-        eprintln!(
-            "SKIP {test}: end-to-end CLI tests are opt-in: set VESSEL_CLI_TEST_DOCKERD=1 (private dockerd) \
-             or VESSEL_CLI_TEST_SOCK=/path/to/daemon.sock"
-        );
-        return None;
+        // The default: a private vesseld built in this workspace.
+        if !vessel_testkit::is_root() {
+            vessel_testkit::skip(test, "a private vesseld needs root");
+            return None;
+        }
+        return Some(start_vesseld());
     }
     if !vessel_testkit::is_root() {
         vessel_testkit::skip(test, "a private dockerd needs root");
@@ -219,6 +260,7 @@ fn start_dockerd(extra: &[String]) -> Daemon {
         sock,
         config: TempRoot::new("cli-config"),
         dockerd: Some(child),
+        vesseld: None,
         root: Some(root),
         cgroup_parent: Some(cgroup_parent),
         made_run_docker,
@@ -449,4 +491,60 @@ fn parse_requests(data: &[u8], needle: &str, out: &mut Vec<(String, Vec<u8>)>) {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A private vesseld on a temporary root, with busybox loaded.
+fn start_vesseld() -> Daemon {
+    let root = TempRoot::new("cli-vesseld");
+    let sock = root.join("vessel.sock");
+    let log = std::fs::File::create(root.join("vesseld.log")).expect("create vesseld.log");
+    let child = Command::new(vessel_testkit::cargo_bin("vesseld"))
+        .arg("--root")
+        .arg(root.join("root"))
+        .arg("--exec-root")
+        .arg(root.join("run"))
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--shim-binary")
+        .arg(vessel_testkit::cargo_bin("vessel-shim"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log)
+        .spawn()
+        .expect("start vesseld");
+    let mut d = Daemon {
+        sock,
+        config: TempRoot::new("cli-config"),
+        dockerd: None,
+        vesseld: Some(child),
+        root: Some(root),
+        cgroup_parent: None,
+        made_run_docker: false,
+    };
+    // The socket answers once the daemon is ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while UnixStream::connect(&d.sock).is_err() {
+        if let Some(Ok(Some(st))) = d.vesseld.as_mut().map(Child::try_wait) {
+            panic!("vesseld exited ({st})");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vesseld did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let st = Command::new("docker")
+        .env("DOCKER_HOST", d.host())
+        .arg("load")
+        .arg("-q")
+        .arg("-i")
+        .arg(busybox_tar())
+        .stdout(Stdio::null())
+        .status()
+        .expect("docker load");
+    assert!(
+        st.success(),
+        "loading busybox into the private vesseld failed"
+    );
+    d
 }

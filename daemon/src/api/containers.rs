@@ -9,7 +9,10 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::streams::{body_stream, docker_frame, spawn_hijacked, upgrade_response};
+use super::streams::{
+    DEFAULT_DETACH_KEYS, Hijack, body_stream, docker_frame, parse_detach_keys, spawn_hijacked,
+    upgrade_response,
+};
 use super::{Body, Req, json as json_resp, status, streaming};
 use crate::engine::container::{Container, Status, parse_rfc3339};
 use crate::engine::error::{Error, Kind};
@@ -273,7 +276,11 @@ async fn container_route(
     match (m, rest) {
         (&Method::GET, ["json"]) => {
             let c = engine.get(id)?.view();
-            Ok(json_resp(StatusCode::OK, &inspect(&engine, &c)))
+            Ok(super::json_ordered(
+                StatusCode::OK,
+                &inspect(&engine, &c),
+                &INSPECT_ORDER,
+            ))
         }
         (&Method::POST, ["start"]) => {
             engine.start(id).await?;
@@ -360,13 +367,22 @@ async fn container_route(
                 req.query.bool("stdout"),
                 req.query.bool("stderr"),
             );
+            let detach_keys = detach_keys(req)?;
             let ticket = engine.attach(id, stdin, stdout, stderr).await?;
             let tty = ticket.tty;
             if req.wants_upgrade() {
                 let up = req
                     .on_upgrade()
                     .ok_or_else(|| Error::internal("connection cannot be upgraded"))?;
-                spawn_hijacked(up, ticket.connect(), tty, stdin, None, |_| {});
+                let opts = Hijack {
+                    tty,
+                    stdin,
+                    close_stdin: ticket.stdin_once && !tty,
+                    detach_keys,
+                    follow_after_detach: false,
+                    resize: None,
+                };
+                spawn_hijacked(up, ticket.connect(), opts, |_| {});
                 Ok(upgrade_response(tty))
             } else {
                 Ok(body_stream(ticket.connect(), tty, |_| {}))
@@ -547,7 +563,9 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
         (&Method::POST, ["exec", id, "start"]) => {
             let body = req.json().await?;
             let detach = body["Detach"].as_bool().unwrap_or(false);
-            let (conn, exec) = engine.exec_start(id).await?;
+            // Checks first, so their failures are plain API errors.
+            let prepared = engine.exec_prepare(id).await?;
+            let exec = prepared.exec().clone();
             let tty = exec.config.tty;
             let stdin = exec.config.attach_stdin;
             let done = {
@@ -556,6 +574,50 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
                 move |st: Option<vessel_runtime::shim::protocol::ExitStatus>| {
                     engine.exec_finished(&exec, st.map_or(-1, |s| s.code));
                 }
+            };
+            if !detach && req.wants_upgrade() {
+                // As Docker does: switch protocols first, then start the
+                // process, so its first output never arrives in the same read
+                // as the 101 response (docker-py loses such bytes). A start
+                // failure is written on the stream; the exec records 126.
+                let up = req
+                    .on_upgrade()
+                    .ok_or_else(|| Error::internal("connection cannot be upgraded"))?;
+                let (resize_rx, guard) = crate::engine::exec::register_resizer(&exec.id);
+                let detach_keys = if exec.config.detach_keys.is_empty() {
+                    DEFAULT_DETACH_KEYS.to_vec()
+                } else {
+                    parse_detach_keys(&exec.config.detach_keys)?
+                };
+                let opts = Hijack {
+                    tty,
+                    stdin,
+                    close_stdin: !tty,
+                    detach_keys,
+                    follow_after_detach: true,
+                    resize: Some(resize_rx),
+                };
+                let launcher = engine.clone();
+                spawn_hijacked(
+                    up,
+                    async move { launcher.exec_launch(prepared).await },
+                    opts,
+                    move |st| {
+                        drop(guard);
+                        done(st);
+                    },
+                );
+                return Ok(upgrade_response(tty));
+            }
+            let conn = match engine.exec_launch(prepared).await {
+                Ok(conn) => conn,
+                Err(e) if !detach => {
+                    let mut text = e.message.into_bytes();
+                    text.extend_from_slice(b"\r\n");
+                    let out = if tty { text } else { docker_frame(1, &text) };
+                    return Ok(failed_stream(tty, out));
+                }
+                Err(e) => return Err(e),
             };
             if detach {
                 // Nobody reads the output; follow the process to record its
@@ -576,26 +638,7 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
                 });
                 return Ok(status(StatusCode::OK));
             }
-            if req.wants_upgrade() {
-                let up = req
-                    .on_upgrade()
-                    .ok_or_else(|| Error::internal("connection cannot be upgraded"))?;
-                let (resize_rx, guard) = crate::engine::exec::register_resizer(&exec.id);
-                spawn_hijacked(
-                    up,
-                    async move { Ok(conn) },
-                    tty,
-                    stdin,
-                    Some(resize_rx),
-                    move |st| {
-                        drop(guard);
-                        done(st);
-                    },
-                );
-                Ok(upgrade_response(tty))
-            } else {
-                Ok(body_stream(async move { Ok(conn) }, tty, done))
-            }
+            Ok(body_stream(async move { Ok(conn) }, tty, done))
         }
         _ => Err(Error::new(
             Kind::NotFound,
@@ -603,3 +646,52 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
         )),
     }
 }
+
+/// A response body that carries only `out` and ends: an exec whose process
+/// could not be started, for a client that did not upgrade.
+fn failed_stream(tty: bool, out: Vec<u8>) -> Response<Body> {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(Bytes::from(out));
+    let ct = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    streaming(StatusCode::OK, ct, rx)
+}
+
+/// The `detachKeys` of an attach request, or Docker's default.
+fn detach_keys(req: &Req) -> Result<Vec<u8>, Error> {
+    match req.query.get("detachKeys").filter(|k| !k.is_empty()) {
+        Some(spec) => parse_detach_keys(spec),
+        None => Ok(DEFAULT_DETACH_KEYS.to_vec()),
+    }
+}
+
+/// The top-level order of Docker's container inspect document.
+const INSPECT_ORDER: [&str; 24] = [
+    "Id",
+    "Created",
+    "Path",
+    "Args",
+    "State",
+    "Image",
+    "ResolvConfPath",
+    "HostnamePath",
+    "HostsPath",
+    "LogPath",
+    "Name",
+    "RestartCount",
+    "Driver",
+    "Platform",
+    "MountLabel",
+    "ProcessLabel",
+    "AppArmorProfile",
+    "ExecIDs",
+    "HostConfig",
+    "GraphDriver",
+    "SizeRw",
+    "Mounts",
+    "Config",
+    "NetworkSettings",
+];

@@ -107,10 +107,23 @@ async fn list(engine: &Engine, req: &Req) -> Result<Response<Body>, Error> {
         if !keep {
             continue;
         }
+        // As Docker does, a reference filter also narrows the tags shown for
+        // an image to the ones that match.
+        let tags: Vec<&String> = match filters.get("reference").filter(|v| !v.is_empty()) {
+            Some(refs) => s
+                .repo_tags
+                .iter()
+                .filter(|t| {
+                    refs.iter()
+                        .any(|v| *t == v || t.starts_with(&format!("{v}:")) || glob(v, t))
+                })
+                .collect(),
+            None => s.repo_tags.iter().collect(),
+        };
         out.push(json!({
             "Id": s.id.to_string(),
             "ParentId": "",
-            "RepoTags": s.repo_tags,
+            "RepoTags": tags,
             "RepoDigests": s.repo_digests,
             "Created": row.created_unix,
             "Size": s.size,

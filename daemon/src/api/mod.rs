@@ -73,6 +73,45 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     r
 }
 
+/// JSON with the top-level keys of an object in `order` first (the order
+/// Docker's own structs give), then the rest in their usual order. Clients
+/// that print the raw document (`docker inspect`) show it as Docker would.
+pub fn json_ordered(status: StatusCode, v: &serde_json::Value, order: &[&str]) -> Response<Body> {
+    let Some(obj) = v.as_object() else {
+        return json(status, v);
+    };
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'{');
+    let mut first = true;
+    let mut put = |k: &str, val: &serde_json::Value, out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, val);
+    };
+    for k in order {
+        if let Some(val) = obj.get(*k) {
+            put(k, val, &mut out);
+        }
+    }
+    for (k, val) in obj {
+        if !order.contains(&k.as_str()) {
+            put(k, val, &mut out);
+        }
+    }
+    out.push(b'}');
+    let mut r = Response::new(full(out));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// A status with no body.
 pub fn status(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(empty());

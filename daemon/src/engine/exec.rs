@@ -173,6 +173,15 @@ impl Engine {
     /// `POST /exec/{id}/start`: run it; the connection carries its streams
     /// and ends with its exit status.
     pub async fn exec_start(&self, exec_id: &str) -> Result<(shim::Conn, Arc<Exec>)> {
+        let prepared = self.exec_prepare(exec_id).await?;
+        let exec = prepared.exec.clone();
+        Ok((self.exec_launch(prepared).await?, exec))
+    }
+
+    /// The checks and set-up of a start that can still fail as an API error
+    /// (unknown exec, already started, container not running); the process
+    /// itself starts in [`Engine::exec_launch`].
+    pub async fn exec_prepare(&self, exec_id: &str) -> Result<PreparedExec> {
         let exec = self.exec_get(exec_id)?;
         {
             let mut st = exec
@@ -198,7 +207,26 @@ impl Engine {
             process,
             stdin: exec.config.attach_stdin,
         };
-        let (conn, resp) = shim::request(&self.paths.shim(&exec.container_id), &req).await?;
+        Ok(PreparedExec { exec, req })
+    }
+
+    /// Start a prepared exec's process. A failure is recorded as Docker
+    /// does (exit code 126) and returned.
+    pub async fn exec_launch(&self, prepared: PreparedExec) -> Result<shim::Conn> {
+        let PreparedExec { exec, req } = prepared;
+        let entry = self.get(&exec.container_id)?;
+        let (conn, resp) = match shim::request(&self.paths.shim(&exec.container_id), &req).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The process could not be started: Docker records 126 for
+                // the exec and reports the error on the exec's stream.
+                exec.set(|s| {
+                    s.running = false;
+                    s.exit_code = Some(EXEC_START_FAILED);
+                });
+                return Err(e);
+            }
+        };
         exec.set(|s| {
             s.running = true;
             s.pid = resp.pid.unwrap_or(0);
@@ -214,15 +242,22 @@ impl Engine {
                 a,
             );
         }
-        Ok((conn, exec))
+        Ok(conn)
     }
 
     /// Record how an exec ended.
     pub fn exec_finished(&self, exec: &Exec, code: i32) {
+        let mut failed_start = false;
         exec.set(|s| {
             s.running = false;
-            s.exit_code = Some(code);
+            failed_start = s.exit_code == Some(EXEC_START_FAILED) && s.pid == 0;
+            if !failed_start {
+                s.exit_code = Some(code);
+            }
         });
+        if failed_start {
+            return;
+        }
         let mut a = std::collections::BTreeMap::new();
         a.insert("execID".into(), exec.id.clone());
         a.insert("exitCode".into(), code.to_string());
@@ -255,6 +290,22 @@ impl Engine {
 fn exec_cmd_text(cfg: &ExecConfig) -> String {
     cfg.cmd.join(" ")
 }
+
+/// An exec that passed its checks, ready to start.
+pub struct PreparedExec {
+    exec: Arc<Exec>,
+    req: Request,
+}
+
+impl PreparedExec {
+    /// The exec being started.
+    pub fn exec(&self) -> &Arc<Exec> {
+        &self.exec
+    }
+}
+
+/// The exit code Docker records for an exec whose process never started.
+pub const EXEC_START_FAILED: i32 = 126;
 
 /// Resize requests reach the exec's stream handler through a channel the
 /// handler registers.

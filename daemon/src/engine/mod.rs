@@ -1055,10 +1055,22 @@ impl Engine {
         } else {
             vessel_runtime::parse_signal(signal).map_err(|e| Error::invalid(e.to_string()))?
         };
+        let mut rx = entry.watch();
+        let exits = rx.borrow().exits;
         self.signal(&c.id, sig).await?;
         let mut a = attrs(&c);
         a.insert("signal".into(), sig.to_string());
         self.events.emit("container", "kill", &c.id, a);
+        drop(c);
+        if sig == libc::SIGKILL {
+            // Like Docker, a SIGKILL returns once the container has exited,
+            // so its exit code is there for whoever asks next.
+            while rx.borrow().exits == exits {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1535,6 +1547,7 @@ impl Engine {
         Ok(AttachTicket {
             shim_dir: self.paths.shim(&c.id),
             tty: c.config.tty,
+            stdin_once: c.config.stdin_once,
             request: Request::Attach {
                 stdin,
                 stdout,
@@ -1622,6 +1635,9 @@ pub struct AttachTicket {
     registered: bool,
     /// Whether the container has a terminal (raw stream).
     pub tty: bool,
+    /// `StdinOnce`: the end of an attached client's input closes the
+    /// container's stdin.
+    pub stdin_once: bool,
 }
 
 impl AttachTicket {

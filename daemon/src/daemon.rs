@@ -31,6 +31,11 @@ pub struct Options {
     pub insecure_registries: Vec<String>,
     /// Serve an embedded registry on this address (storage under ROOT/registry).
     pub registry: Option<std::net::SocketAddr>,
+    /// Prefix of host-global network names (nftables table, bridges);
+    /// derived from the root when absent.
+    pub network_prefix: Option<String>,
+    /// The default bridge's device name (default: the prefix and `0`).
+    pub bridge_name: Option<String>,
 }
 
 /// Holds the pid file (with an exclusive lock) for the daemon's life.
@@ -138,6 +143,22 @@ pub async fn run(o: Options) -> Result<()> {
         registry: engine::distribution::RegistryOptions {
             insecure: o.insecure_registries.clone(),
         },
+        network: {
+            let (prefix, bridge) = crate::network::Config::names_for(&o.root);
+            let prefix = o.network_prefix.clone().unwrap_or(prefix);
+            crate::network::Config {
+                dir: o.root.join("network"),
+                netns_dir: o.exec_root.join("netns"),
+                default_bridge: o.bridge_name.clone().unwrap_or_else(|| {
+                    if o.network_prefix.is_some() {
+                        format!("{prefix}0")
+                    } else {
+                        bridge
+                    }
+                }),
+                prefix,
+            }
+        },
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -215,6 +236,7 @@ pub async fn run(o: Options) -> Result<()> {
     if let Some(h) = registry {
         h.shutdown().await;
     }
+    engine.shutdown().await;
     for h in &hosts {
         if let Some(path) = h.strip_prefix("unix://") {
             let _ = std::fs::remove_file(path);

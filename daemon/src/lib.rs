@@ -13,3 +13,4 @@ pub mod build;
 pub mod daemon;
 pub mod engine;
 pub mod images;
+pub mod network;

@@ -38,54 +38,30 @@ fn command(c: &Container) -> String {
         .join(" ")
 }
 
-fn ports_list(c: &Container) -> Vec<Value> {
-    c.config
-        .exposed_ports
-        .iter()
-        .flat_map(|p| p.keys())
-        .filter_map(|k| {
-            let (port, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
-            port.parse::<u16>()
-                .ok()
-                .map(|p| json!({"PrivatePort": p, "Type": proto}))
-        })
-        .collect()
-}
-
-fn network_settings(c: &Container) -> Value {
-    let mut networks = serde_json::Map::new();
-    if c.host_config.network_mode != "none"
-        && c.host_config.network_mode != "host"
-        && !c.host_config.network_mode.starts_with("container:")
-    {
-        networks.insert(c.host_config.network_mode.clone(), json!({
-            "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "", "NetworkID": "",
-            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
-            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": null, "DNSNames": null
-        }));
-    } else {
-        networks.insert(c.host_config.network_mode.split(':').next().unwrap_or("none").to_string(), json!({
-            "IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "", "NetworkID": "",
-            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
-            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": null, "DNSNames": null
-        }));
+/// `Ports` of the listing: published ports with their host side, exposed
+/// ones without.
+fn ports_list(net: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (k, v) in net["Ports"].as_object().into_iter().flatten() {
+        let (port, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        match v.as_array() {
+            Some(binds) if !binds.is_empty() => {
+                for b in binds {
+                    let public = b["HostPort"].as_str().and_then(|p| p.parse::<u16>().ok());
+                    out.push(json!({"IP": b["HostIp"], "PrivatePort": port, "PublicPort": public, "Type": proto}));
+                }
+            }
+            _ => out.push(json!({"PrivatePort": port, "Type": proto})),
+        }
     }
-    let mut ports = serde_json::Map::new();
-    for k in c.config.exposed_ports.iter().flat_map(|p| p.keys()) {
-        ports.insert(k.clone(), Value::Null);
-    }
-    json!({
-        "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
-        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
-        "Ports": ports, "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
-        "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-        "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
-        "Networks": networks
-    })
+    out
 }
 
 /// The `GET /containers/json` row.
-pub fn summary(c: &Container) -> Value {
+pub fn summary(c: &Container, net: &Value) -> Value {
     json!({
         "Id": c.id,
         "Names": [format!("/{}", c.name)],
@@ -93,18 +69,18 @@ pub fn summary(c: &Container) -> Value {
         "ImageID": c.image_id,
         "Command": command(c),
         "Created": parse_rfc3339(&c.created).unwrap_or(0),
-        "Ports": ports_list(c),
+        "Ports": ports_list(net),
         "Labels": c.config.labels,
         "State": c.state.status.as_str(),
         "Status": c.human_status(now_secs()),
         "HostConfig": {"NetworkMode": c.host_config.network_mode},
-        "NetworkSettings": {"Networks": network_settings(c)["Networks"].clone()},
+        "NetworkSettings": {"Networks": net["Networks"].clone()},
         "Mounts": c.mounts,
     })
 }
 
 /// The `GET /containers/{id}/json` document.
-pub fn inspect(engine: &Engine, c: &Container) -> Value {
+pub fn inspect(engine: &Engine, c: &Container, net: Value) -> Value {
     let dir = engine.paths.container(&c.id);
     let mut host_config = serde_json::to_value(&c.host_config).unwrap_or_else(|_| json!({}));
     if let Some(o) = host_config.as_object_mut() {
@@ -186,7 +162,7 @@ pub fn inspect(engine: &Engine, c: &Container) -> Value {
         },
         "Mounts": c.mounts,
         "Config": config,
-        "NetworkSettings": network_settings(c),
+        "NetworkSettings": net,
     })
 }
 
@@ -240,7 +216,8 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
                     continue;
                 }
                 if filter_ok(&c, &filters) {
-                    out.push(summary(&c));
+                    let net = engine.network_settings(&c).await;
+                    out.push(summary(&c, &net));
                 }
             }
             if let Some(l) = limit {
@@ -276,9 +253,10 @@ async fn container_route(
     match (m, rest) {
         (&Method::GET, ["json"]) => {
             let c = engine.get(id)?.view();
+            let net = engine.network_settings(&c).await;
             Ok(super::json_ordered(
                 StatusCode::OK,
-                &inspect(&engine, &c),
+                &inspect(&engine, &c, net),
                 &INSPECT_ORDER,
             ))
         }

@@ -7,6 +7,7 @@
 
 mod containers;
 mod images;
+mod networks;
 mod streams;
 mod system;
 
@@ -42,6 +43,7 @@ pub fn status_of(kind: Kind) -> StatusCode {
         Kind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
         Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -406,7 +408,7 @@ async fn route(engine: Arc<Engine>, mut req: Req) -> Result<Response<Body>, Erro
         Some("images") => images::route(engine, &mut req).await,
         Some("commit") => images::commit(engine, &mut req).await,
         Some("volumes") => system::volumes(engine, &mut req).await,
-        Some("networks") => system::networks(&req),
+        Some("networks") => networks::route(engine, &mut req).await,
         Some("auth") if req.method == Method::POST => images::auth(engine, &mut req).await,
         Some("build") => Err(Error::new(
             Kind::NotImplemented,

@@ -256,7 +256,8 @@ pub async fn df(engine: &Arc<Engine>) -> Result<Response<Body>, Error> {
     }
     let mut containers = Vec::new();
     for c in engine.all() {
-        let mut s = super::containers::summary(&c);
+        let net = engine.network_settings(&c).await;
+        let mut s = super::containers::summary(&c, &net);
         let rw = crate::engine::volumes::dir_size(&engine.paths.container(&c.id).join("upper"));
         s["SizeRw"] = json!(rw);
         s["SizeRootFs"] = json!(rw);
@@ -399,46 +400,5 @@ pub async fn volumes(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body
             "page not found: {m} /{}",
             p.join("/")
         ))),
-    }
-}
-
-fn network_json(name: &str, driver: &str) -> Value {
-    json!({
-        "Name": name, "Id": format!("{:0<64}", hex_of(name)), "Created": "0001-01-01T00:00:00Z", "Scope": "local",
-        "Driver": driver, "EnableIPv6": false, "IPAM": {"Driver": "default", "Options": null, "Config": []},
-        "Internal": false, "Attachable": false, "Ingress": false, "ConfigFrom": {"Network": ""},
-        "ConfigOnly": false, "Containers": {}, "Options": {}, "Labels": {}
-    })
-}
-
-fn hex_of(s: &str) -> String {
-    use std::fmt::Write as _;
-    s.bytes().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// The built-in networks. User networks arrive with the network subsystem.
-pub fn networks(req: &Req) -> Result<Response<Body>, Error> {
-    let builtin = [("bridge", "bridge"), ("host", "host"), ("none", "null")];
-    let p: Vec<&str> = req.parts.iter().map(String::as_str).collect();
-    match (req.method.clone(), p.as_slice()) {
-        (Method::GET, ["networks"]) => Ok(json_resp(
-            StatusCode::OK,
-            &Value::Array(builtin.iter().map(|(n, d)| network_json(n, d)).collect()),
-        )),
-        (Method::GET, ["networks", name]) => builtin
-            .iter()
-            .find(|(n, _)| n == name || hex_of(n).starts_with(name))
-            .map(|(n, d)| json_resp(StatusCode::OK, &network_json(n, d)))
-            .ok_or_else(|| Error::not_found(format!("network {name} not found"))),
-        (Method::POST, ["networks", "prune"]) => {
-            Ok(json_resp(StatusCode::OK, &json!({"NetworksDeleted": []})))
-        }
-        _ => Err(Error::new(
-            crate::engine::error::Kind::NotImplemented,
-            "user-defined networks are not available in this daemon yet",
-        )),
     }
 }

@@ -49,6 +49,15 @@ struct Cli {
     /// Also serve an OCI registry on this address (storage under ROOT/registry).
     #[arg(long)]
     registry: Option<std::net::SocketAddr>,
+    /// Prefix of the host-wide names this daemon creates (its nftables
+    /// table and bridge names); default `vessel` for the default root,
+    /// otherwise derived from --root so several daemons can share a host.
+    #[arg(long)]
+    network_prefix: Option<String>,
+    /// Device name of the default bridge network (default: PREFIX0, or
+    /// vessel0 for the default root).
+    #[arg(long)]
+    bridge_name: Option<String>,
     /// Log level (error, warn, info, debug, trace).
     #[arg(short = 'l', long, default_value = "info", env = "VESSEL_LOG")]
     log_level: String,
@@ -78,5 +87,7 @@ fn main() -> anyhow::Result<()> {
         shim_binary: cli.shim_binary,
         insecure_registries: cli.insecure_registry,
         registry: cli.registry,
+        network_prefix: cli.network_prefix,
+        bridge_name: cli.bridge_name,
     }))
 }

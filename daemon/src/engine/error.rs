@@ -21,6 +21,9 @@ pub enum Kind {
     Unavailable,
     /// Access refused (401/403).
     Unauthorized,
+    /// Refused because of what the thing is or holds (403), e.g. removing
+    /// a network that still has endpoints.
+    Forbidden,
     /// Anything else (500).
     Internal,
 }

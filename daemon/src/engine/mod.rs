@@ -17,6 +17,7 @@ pub mod fs;
 pub mod images;
 pub mod json;
 pub mod logs;
+pub mod net;
 pub mod shim;
 pub mod spec;
 pub mod stats;
@@ -47,6 +48,8 @@ pub struct Config {
     pub shim_binary: PathBuf,
     /// Registry settings for pull and push.
     pub registry: distribution::RegistryOptions,
+    /// Networking (names and places).
+    pub network: crate::network::Config,
 }
 
 /// A container in memory: its record and a channel that announces changes
@@ -141,6 +144,9 @@ pub struct Engine {
     execs: std::sync::Mutex<HashMap<String, Arc<exec::Exec>>>,
     /// Serialises name reservation and renames.
     naming: Mutex<()>,
+    /// Networking; set once at start-up (absent if it could not start).
+    network: std::sync::OnceLock<Arc<crate::network::Manager>>,
+    network_config: crate::network::Config,
 }
 
 /// Run blocking image-store work off the async threads.
@@ -188,6 +194,8 @@ impl Engine {
             names: RwLock::new(HashMap::new()),
             execs: std::sync::Mutex::new(HashMap::new()),
             naming: Mutex::new(()),
+            network: std::sync::OnceLock::new(),
+            network_config: cfg.network,
         });
         engine.restore().await;
         Ok(engine)
@@ -234,6 +242,20 @@ impl Engine {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(id, entry);
+        }
+        let live: std::collections::HashSet<String> = self
+            .all()
+            .into_iter()
+            .filter(|c| c.state.status.is_live())
+            .map(|c| c.id)
+            .collect();
+        match crate::network::Manager::open(self.network_config.clone(), &live).await {
+            Ok(m) => {
+                let _ = self.network.set(m);
+            }
+            Err(e) => {
+                tracing::error!(error = %error::chain(&e), "networking could not start: bridge networks are unavailable");
+            }
         }
         for id in to_restart {
             let engine = self.clone();
@@ -331,10 +353,15 @@ impl Engine {
         if hc.network_mode.is_empty() || hc.network_mode == "default" {
             hc.network_mode = "bridge".into();
         }
-        let mut warnings = Vec::new();
-        if hc.network_mode == "bridge" {
-            warnings.push("bridge networking is not available yet: the container gets a private network namespace with loopback only".to_string());
+        let warnings = Vec::new();
+        self.check_network_mode(&hc.network_mode).await?;
+        // The docker CLI names the mode's endpoint "default".
+        if let Some(ep) = req.networking_config.endpoints_config.remove("default") {
+            req.networking_config
+                .endpoints_config
+                .insert(req.host_config.network_mode.clone(), ep);
         }
+        let hc = &mut req.host_config;
         if hc.runtime.is_empty() {
             hc.runtime = "runc".into();
         }
@@ -460,7 +487,7 @@ impl Engine {
         let images = self.images.clone();
         let (img_id, cid) = (c.image_id.clone(), id.clone());
         blocking(move || images.hold(&img_id, &cid).map(drop).map_err(Error::from)).await?;
-        write_etc_files(&c, &dir)?;
+        write_etc_files(&c, &dir, None)?;
         if let Err(e) = c.save(&self.paths) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
@@ -742,6 +769,7 @@ impl Engine {
             }
             let _ = entry.persist(&self.paths, &c);
             let _ = self.cleanup_runtime(&id).await;
+            self.release_network(&id).await;
             entry.update(|s| {
                 s.created_process = false;
                 s.failed_starts += 1;
@@ -772,6 +800,11 @@ impl Engine {
         })
         .await?;
         let mut join = BTreeMap::new();
+        if let net::Mode::Bridge(reqs) = self.mode(c).await? {
+            let (ns, attached) = self.setup_network(c, &reqs).await?;
+            join.insert("network", ns);
+            write_etc_files(c, &dir, Some(&attached))?;
+        }
         for (kind, mode, nsname) in [
             ("network", &c.host_config.network_mode, "net"),
             ("pid", &c.host_config.pid_mode, "pid"),
@@ -978,6 +1011,7 @@ impl Engine {
         }
         let _ = entry.persist(&self.paths, &c);
         let _ = self.cleanup_runtime(id).await;
+        self.release_network(id).await;
         if c.state.oom_killed {
             self.events.emit("container", "oom", id, attrs(&c));
         }
@@ -1312,6 +1346,7 @@ impl Engine {
         let id = c.id.clone();
         let dir = self.paths.container(&id);
         let _ = self.cleanup_runtime(&id).await;
+        self.release_network(&id).await;
         let rootfs = dir.join("rootfs");
         if is_mountpoint(&rootfs) {
             let r = rootfs.clone();
@@ -1747,7 +1782,11 @@ fn oci_mounts(mounts: &[MountPoint]) -> Result<Vec<Value>> {
 }
 
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf for the container.
-fn write_etc_files(c: &Container, dir: &Path) -> Result<()> {
+fn write_etc_files(
+    c: &Container,
+    dir: &Path,
+    net: Option<&crate::network::Attached>,
+) -> Result<()> {
     let hostname = if c.config.hostname.is_empty() {
         c.id[..12].to_string()
     } else {
@@ -1762,13 +1801,33 @@ fn write_etc_files(c: &Container, dir: &Path) -> Result<()> {
             let _ = writeln!(hosts, "{ip}\t{name}");
         }
     }
-    if c.host_config.network_mode != "host" {
-        let _ = writeln!(hosts, "127.0.1.1\t{hostname}");
+    match net.and_then(|n| n.ip) {
+        Some(ip) => {
+            let _ = writeln!(hosts, "{ip}\t{hostname}");
+        }
+        None if c.host_config.network_mode != "host" => {
+            let _ = writeln!(hosts, "127.0.1.1\t{hostname}");
+        }
+        None => {}
     }
     std::fs::write(dir.join("hosts"), hosts)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut resolv = String::new();
-    if c.host_config.dns.is_empty() {
+    if let (true, Some(ns)) = (c.host_config.dns.is_empty(), net.and_then(|n| n.nameserver)) {
+        // The network's own responder: container names, then the host's
+        // resolvers.
+        let _ = writeln!(resolv, "nameserver {ns}");
+        for l in host_resolv.lines() {
+            if l.starts_with("search") || l.starts_with("options") {
+                if (l.starts_with("search") && c.host_config.dns_search.is_empty())
+                    || (l.starts_with("options") && c.host_config.dns_options.is_empty())
+                {
+                    resolv.push_str(l);
+                    resolv.push('\n');
+                }
+            }
+        }
+    } else if c.host_config.dns.is_empty() {
         for l in host_resolv.lines() {
             // A loopback resolver of the host is unreachable from a private
             // network namespace.

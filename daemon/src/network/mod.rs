@@ -1,0 +1,1061 @@
+//! Container networking: network records (the built-in `bridge`, `host`
+//! and `none`, and user-defined bridges), IPv4 address leases, container
+//! endpoints (a veth pair from a bridge into the container's own network
+//! namespace), published ports, the nftables table and a DNS responder per
+//! bridge.
+//!
+//! The module hands the engine plain values: a network namespace path to
+//! put in the OCI spec and the addresses it configured. It never starts a
+//! container and never imports the runtime. `host`, `none` and
+//! `container:<id>` need no endpoint: the engine maps them to the host's
+//! namespace, an empty private one, or another container's.
+//!
+//! Host-global names (bridges, the nftables table, subnets) carry a
+//! per-daemon prefix so several daemons can run on one host at once.
+
+pub mod dns;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use ipam::Subnet;
+use netlink::Netlink;
+
+/// Errors of the network module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("nftables: {message}")]
+    Firewall { message: String },
+    #[error("{what}")]
+    Invalid { what: String },
+    #[error("{what}")]
+    NotFound { what: String },
+    #[error("{what}")]
+    Conflict { what: String },
+    #[error("{what}")]
+    Forbidden { what: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Settings of the network subsystem.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Records: `ROOT/network`.
+    pub dir: PathBuf,
+    /// Pinned namespaces: `EXEC_ROOT/netns`.
+    pub netns_dir: PathBuf,
+    /// Prefix of host-global names (the nftables table, user bridges).
+    pub prefix: String,
+    /// The default bridge's device name.
+    pub default_bridge: String,
+}
+
+impl Config {
+    /// Names for a daemon on `root`: `vessel`/`vessel0` for the default
+    /// root, otherwise a short prefix derived from the root path.
+    pub fn names_for(root: &Path) -> (String, String) {
+        if root == Path::new("/var/lib/vessel") {
+            return ("vessel".into(), "vessel0".into());
+        }
+        use sha2::Digest as _;
+        let h = hex::encode(sha2::Sha256::digest(root.as_os_str().as_encoded_bytes()));
+        let p = format!("vs{}", &h[..5]);
+        (p.clone(), format!("{p}0"))
+    }
+}
+
+/// A network record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    /// `bridge`, `host` or `null`.
+    pub driver: String,
+    pub created: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<Ipv4Addr>,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    /// The bridge device (bridge driver only).
+    pub bridge: String,
+    /// The subnet was chosen by the daemon (it may move if taken).
+    pub auto_subnet: bool,
+    /// Endpoints by container ID: the leases.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            id: String::new(),
+            name: String::new(),
+            driver: "bridge".into(),
+            created: String::new(),
+            subnet: None,
+            gateway: None,
+            internal: false,
+            labels: BTreeMap::new(),
+            options: BTreeMap::new(),
+            bridge: String::new(),
+            auto_subnet: false,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+impl Network {
+    /// Built in (`bridge`, `host`, `none`): never removed.
+    pub fn builtin(&self) -> bool {
+        matches!(self.name.as_str(), "bridge" | "host" | "none")
+    }
+
+    pub fn user_defined(&self) -> bool {
+        !self.builtin()
+    }
+
+    fn subnet(&self) -> Option<Subnet> {
+        self.subnet.as_deref().and_then(|s| Subnet::parse(s).ok())
+    }
+}
+
+/// A container on a network.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Endpoint {
+    pub id: String,
+    pub container_name: String,
+    pub ip: Option<Ipv4Addr>,
+    pub prefix: u8,
+    pub mac: String,
+    pub aliases: Vec<String>,
+    /// The interface inside the container (`eth0`, `eth1`, ...).
+    pub ifname: String,
+    /// The host side of the veth pair.
+    pub host_veth: String,
+}
+
+/// A published port as it is in effect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMapping {
+    /// `80/tcp`.
+    pub container_port: String,
+    /// `0.0.0.0` for every address.
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// A requested port binding (from `PortBindings` / `-P`).
+#[derive(Debug, Clone)]
+pub struct PortRequest {
+    pub container_port: u16,
+    pub proto: String,
+    pub host_ip: Option<Ipv4Addr>,
+    /// 0: pick a free one.
+    pub host_port: u16,
+}
+
+/// What a container asks of one network when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct AttachRequest {
+    pub network: String,
+    pub aliases: Vec<String>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// What the engine needs after attaching: addresses for /etc/hosts and
+/// the resolver to put in /etc/resolv.conf.
+#[derive(Debug, Clone, Default)]
+pub struct Attached {
+    pub ip: Option<Ipv4Addr>,
+    pub nameserver: Option<Ipv4Addr>,
+}
+
+#[derive(Default)]
+struct State {
+    networks: BTreeMap<String, Network>,
+    /// Published ports by container ID.
+    ports: BTreeMap<String, Vec<PortMapping>>,
+    /// Sockets that hold published host ports so nothing else takes them.
+    reserved: HashMap<String, Vec<Reservation>>,
+    dns: HashMap<String, (dns::Names, dns::Responder)>,
+    /// Bridges set up on the host in this daemon's life.
+    up: HashSet<String>,
+}
+
+#[allow(dead_code)]
+enum Reservation {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+/// The network subsystem.
+pub struct Manager {
+    cfg: Config,
+    nl: Netlink,
+    mtu: u32,
+    state: Mutex<State>,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut b);
+    hex::encode(b)
+}
+
+fn now() -> String {
+    vessel_runtime::state::now_rfc3339()
+}
+
+fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A host-wide lock so daemons starting together do not choose the same
+/// subnet.
+fn subnet_lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = Path::new("/run/lock");
+    std::fs::create_dir_all(dir).map_err(io("create /run/lock"))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("vessel-network.lock"))
+        .map_err(io("open /run/lock/vessel-network.lock"))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
+        what: "lock /run/lock/vessel-network.lock".into(),
+        source: e.into(),
+    })
+}
+
+impl Manager {
+    /// Load the records, set up every bridge, the DNS responders and the
+    /// firewall table. `live` are the containers still running (from a
+    /// previous daemon): their endpoints stay, the rest are cleaned up.
+    pub async fn open(cfg: Config, live: &HashSet<String>) -> Result<Arc<Manager>> {
+        std::fs::create_dir_all(&cfg.dir).map_err(io(format!("create {}", cfg.dir.display())))?;
+        std::fs::create_dir_all(&cfg.netns_dir)
+            .map_err(io(format!("create {}", cfg.netns_dir.display())))?;
+        let nl = Netlink::open()?;
+        let mtu = nl.host_mtu().await;
+        let mut st = State::default();
+        for e in std::fs::read_dir(&cfg.dir)
+            .map_err(io(format!("read {}", cfg.dir.display())))?
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && p.file_stem().is_some_and(|s| s != "ports")
+            {
+                match std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Network>(&b).ok())
+                {
+                    Some(n) => {
+                        st.networks.insert(n.id.clone(), n);
+                    }
+                    None => {
+                        tracing::warn!(path = %p.display(), "unreadable network record skipped")
+                    }
+                }
+            }
+        }
+        if let Ok(b) = std::fs::read(cfg.dir.join("ports.json")) {
+            st.ports = serde_json::from_slice(&b).unwrap_or_default();
+        }
+        let m = Arc::new(Manager {
+            cfg,
+            nl,
+            mtu,
+            state: Mutex::new(st),
+        });
+        {
+            let mut st = m.state.lock().await;
+            for (name, driver) in [("host", "host"), ("none", "null"), ("bridge", "bridge")] {
+                if !st.networks.values().any(|n| n.name == name) {
+                    let n = Network {
+                        id: new_id(),
+                        name: name.into(),
+                        driver: driver.into(),
+                        created: now(),
+                        bridge: if driver == "bridge" {
+                            m.cfg.default_bridge.clone()
+                        } else {
+                            String::new()
+                        },
+                        auto_subnet: true,
+                        options: if driver == "bridge" {
+                            BTreeMap::from([
+                                (
+                                    "com.docker.network.bridge.name".to_string(),
+                                    m.cfg.default_bridge.clone(),
+                                ),
+                                (
+                                    "com.docker.network.bridge.default_bridge".to_string(),
+                                    "true".to_string(),
+                                ),
+                            ])
+                        } else {
+                            BTreeMap::new()
+                        },
+                        ..Network::default()
+                    };
+                    m.save(&n)?;
+                    st.networks.insert(n.id.clone(), n);
+                }
+            }
+            m.reconcile(&mut st, live).await;
+        }
+        Ok(m)
+    }
+
+    fn save(&self, n: &Network) -> Result<()> {
+        let p = self.cfg.dir.join(format!("{}.json", n.id));
+        let data = serde_json::to_vec_pretty(n).map_err(|e| Error::Invalid {
+            what: format!("encode network {}: {e}", n.name),
+        })?;
+        crate::engine::container::write_atomic(&p, &data).map_err(|e| Error::Invalid {
+            what: format!("save network {}: {}", n.name, e.message),
+        })
+    }
+
+    fn save_ports(&self, st: &State) -> Result<()> {
+        let data = serde_json::to_vec(&st.ports).map_err(|e| Error::Invalid {
+            what: format!("encode published ports: {e}"),
+        })?;
+        crate::engine::container::write_atomic(&self.cfg.dir.join("ports.json"), &data).map_err(
+            |e| Error::Invalid {
+                what: format!("save published ports: {}", e.message),
+            },
+        )
+    }
+
+    /// Bring the host in line with the records: bridges up, DNS running,
+    /// endpoints of containers that are gone removed, stray veths on our
+    /// bridges deleted, the firewall table replaced.
+    async fn reconcile(&self, st: &mut State, live: &HashSet<String>) {
+        let ids: Vec<String> = st.networks.keys().cloned().collect();
+        for id in ids {
+            let Some(mut n) = st.networks.get(&id).cloned() else {
+                continue;
+            };
+            let dead: Vec<String> = n
+                .endpoints
+                .keys()
+                .filter(|c| !live.contains(*c))
+                .cloned()
+                .collect();
+            for c in &dead {
+                if let Some(ep) = n.endpoints.remove(c) {
+                    let _ = self.nl.delete(&ep.host_veth).await;
+                }
+            }
+            if n.driver == "bridge" {
+                if let Err(e) = self.bridge_up(st, &mut n).await {
+                    tracing::warn!(network = %n.name, error = %crate::engine::error::chain(&e), "bridge setup");
+                }
+                if let Ok(Some(idx)) = self.nl.index(&n.bridge).await {
+                    let ours: HashSet<&str> =
+                        n.endpoints.values().map(|e| e.host_veth.as_str()).collect();
+                    for port in self.nl.ports_of(idx).await.unwrap_or_default() {
+                        if !ours.contains(port.as_str()) {
+                            tracing::info!(veth = %port, "removing a stale veth");
+                            let _ = self.nl.delete(&port).await;
+                        }
+                    }
+                }
+            }
+            let _ = self.save(&n);
+            st.networks.insert(id, n);
+        }
+        st.ports.retain(|c, _| live.contains(c));
+        let _ = self.save_ports(st);
+        if let Ok(dir) = std::fs::read_dir(&self.cfg.netns_dir) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !live.contains(&name) {
+                    let _ = netns::remove(&e.path());
+                }
+            }
+        }
+        self.refresh_dns(st);
+        if let Err(e) = self.apply_firewall(st) {
+            tracing::warn!(error = %e, "firewall table");
+        }
+    }
+
+    /// Create the bridge of `n` on the host (choosing a subnet first if it
+    /// has none) and start its DNS responder.
+    async fn bridge_up(&self, st: &mut State, n: &mut Network) -> Result<()> {
+        if st.up.contains(&n.bridge) {
+            return Ok(());
+        }
+        let _lock = subnet_lock()?;
+        let exists = self.nl.index(&n.bridge).await?.is_some();
+        if !exists {
+            let mut used: Vec<Subnet> = self
+                .nl
+                .routed_v4()
+                .await?
+                .into_iter()
+                .map(|(a, p)| Subnet::new(a, p))
+                .collect();
+            used.extend(
+                st.networks
+                    .values()
+                    .filter(|o| o.id != n.id)
+                    .filter_map(Network::subnet),
+            );
+            let clash = n
+                .subnet()
+                .is_some_and(|s| used.iter().any(|u| u.overlaps(&s)));
+            if n.subnet.is_none() || (clash && n.auto_subnet) {
+                let s = ipam::pick(&used, n.name != "bridge").ok_or_else(|| Error::Invalid {
+                    what: "no free private subnet left for a network".into(),
+                })?;
+                n.subnet = Some(s.to_string());
+                n.gateway = Some(s.first());
+                n.auto_subnet = true;
+                n.endpoints.clear();
+                self.save(n)?;
+            } else if clash {
+                return Err(Error::Conflict {
+                    what: format!(
+                        "network {}: subnet {} overlaps a route of the host",
+                        n.name,
+                        n.subnet.clone().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        let s = n.subnet().ok_or_else(|| Error::Invalid {
+            what: format!("network {} has no subnet", n.name),
+        })?;
+        let gw = n.gateway.unwrap_or_else(|| s.first());
+        self.nl
+            .ensure_bridge(&n.bridge, gw, s.prefix, self.mtu)
+            .await?;
+        // Let DNAT from 127.0.0.1 reach containers on this bridge (only
+        // this interface's setting; nothing host-wide changes).
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
+            "1",
+        );
+        st.up.insert(n.bridge.clone());
+        Ok(())
+    }
+
+    /// Restart the DNS responders so each bridge has one with the current
+    /// names.
+    fn refresh_dns(&self, st: &mut State) {
+        let nets: Vec<Network> = st.networks.values().cloned().collect();
+        st.dns.retain(|id, _| nets.iter().any(|n| &n.id == id));
+        for n in nets.iter().filter(|n| n.driver == "bridge") {
+            let names = match st.dns.get(&n.id) {
+                Some((names, _)) => names.clone(),
+                None => {
+                    let Some(gw) = n.gateway else { continue };
+                    if !st.up.contains(&n.bridge) {
+                        continue;
+                    }
+                    let names: dns::Names = Arc::default();
+                    match dns::start(gw, names.clone()) {
+                        Ok(r) => {
+                            st.dns.insert(n.id.clone(), (names.clone(), r));
+                        }
+                        Err(e) => {
+                            tracing::warn!(network = %n.name, error = %crate::engine::error::chain(&e), "DNS responder");
+                            continue;
+                        }
+                    }
+                    names
+                }
+            };
+            let mut map = HashMap::new();
+            if n.user_defined() {
+                for (cid, ep) in &n.endpoints {
+                    let Some(ip) = ep.ip else { continue };
+                    map.insert(ep.container_name.to_ascii_lowercase(), ip);
+                    map.insert(cid[..12].to_string(), ip);
+                    for a in &ep.aliases {
+                        map.insert(a.to_ascii_lowercase(), ip);
+                    }
+                }
+            }
+            *names
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = map;
+        }
+    }
+
+    fn apply_firewall(&self, st: &State) -> Result<()> {
+        let bridges: Vec<nft::BridgeRules> = st
+            .networks
+            .values()
+            .filter(|n| n.driver == "bridge" && st.up.contains(&n.bridge))
+            .filter_map(|n| {
+                let s = n.subnet()?;
+                Some(nft::BridgeRules {
+                    bridge: n.bridge.clone(),
+                    subnet: s.addr,
+                    prefix: s.prefix,
+                    internal: n.internal,
+                })
+            })
+            .collect();
+        let mut ports = Vec::new();
+        for (cid, maps) in &st.ports {
+            let Some(ip) = self.primary_ip(st, cid) else {
+                continue;
+            };
+            for p in maps {
+                let (port, proto) = p
+                    .container_port
+                    .split_once('/')
+                    .unwrap_or((&p.container_port, "tcp"));
+                let Ok(port) = port.parse() else { continue };
+                ports.push(nft::PortRule {
+                    proto: proto.to_string(),
+                    host_ip: p
+                        .host_ip
+                        .parse::<Ipv4Addr>()
+                        .ok()
+                        .filter(|a| !a.is_unspecified()),
+                    host_port: p.host_port,
+                    container_ip: ip,
+                    container_port: port,
+                });
+            }
+        }
+        if bridges.is_empty() && ports.is_empty() {
+            return nft::delete(&self.cfg.prefix);
+        }
+        nft::apply(
+            &self.cfg.prefix,
+            &nft::render(&self.cfg.prefix, &bridges, &ports),
+        )
+    }
+
+    fn primary_ip(&self, st: &State, cid: &str) -> Option<Ipv4Addr> {
+        st.networks
+            .values()
+            .filter_map(|n| n.endpoints.get(cid))
+            .filter(|e| e.ifname == "eth0")
+            .find_map(|e| e.ip)
+    }
+
+    // ----- lookup -----
+
+    fn find<'a>(st: &'a State, reference: &str) -> Result<&'a Network> {
+        if let Some(n) = st.networks.get(reference) {
+            return Ok(n);
+        }
+        if let Some(n) = st.networks.values().find(|n| n.name == reference) {
+            return Ok(n);
+        }
+        let m: Vec<&Network> = st
+            .networks
+            .values()
+            .filter(|n| !reference.is_empty() && n.id.starts_with(reference))
+            .collect();
+        match m.len() {
+            1 => Ok(m[0]),
+            0 => Err(Error::NotFound {
+                what: format!("network {reference} not found"),
+            }),
+            _ => Err(Error::Invalid {
+                what: format!(
+                    "network {reference} is ambiguous ({} matches found based on ID prefix)",
+                    m.len()
+                ),
+            }),
+        }
+    }
+
+    /// One network by ID, name or ID prefix.
+    pub async fn get(&self, reference: &str) -> Result<Network> {
+        let st = self.state.lock().await;
+        Self::find(&st, reference).cloned()
+    }
+
+    /// Every network.
+    pub async fn list(&self) -> Vec<Network> {
+        let st = self.state.lock().await;
+        let mut v: Vec<Network> = st.networks.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The endpoints of a container (network, endpoint) and its ports.
+    pub async fn of_container(&self, cid: &str) -> (Vec<(Network, Endpoint)>, Vec<PortMapping>) {
+        let st = self.state.lock().await;
+        let eps = st
+            .networks
+            .values()
+            .filter_map(|n| n.endpoints.get(cid).map(|e| (n.clone(), e.clone())))
+            .collect();
+        (eps, st.ports.get(cid).cloned().unwrap_or_default())
+    }
+
+    /// Whether `mode` names a bridge network (the default or a user one).
+    pub async fn is_bridge(&self, mode: &str) -> bool {
+        let st = self.state.lock().await;
+        Self::find(&st, mode).is_ok_and(|n| n.driver == "bridge")
+    }
+
+    // ----- networks -----
+
+    /// `network create`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        name: &str,
+        driver: &str,
+        subnet: Option<&str>,
+        gateway: Option<&str>,
+        internal: bool,
+        labels: BTreeMap<String, String>,
+        options: BTreeMap<String, String>,
+    ) -> Result<String> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(Error::Invalid {
+                what: format!(
+                    "invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                ),
+            });
+        }
+        match driver {
+            "" | "bridge" => {}
+            "host" | "null" => {
+                return Err(Error::Forbidden {
+                    what: format!("only one instance of \"{driver}\" network is allowed"),
+                });
+            }
+            other => {
+                return Err(Error::NotFound {
+                    what: format!(
+                        "plugin \"{other}\" not found: only the bridge driver is available"
+                    ),
+                });
+            }
+        }
+        let subnet = subnet.map(Subnet::parse).transpose()?;
+        let gateway = match gateway {
+            Some(g) => {
+                let ip: Ipv4Addr = g.parse().map_err(|_| Error::Invalid {
+                    what: format!("invalid gateway address {g:?}"),
+                })?;
+                let Some(s) = subnet else {
+                    return Err(Error::Invalid {
+                        what: "a gateway needs a subnet (--subnet)".into(),
+                    });
+                };
+                if !s.contains(ip) || ip == s.addr {
+                    return Err(Error::Invalid {
+                        what: format!("gateway {ip} is not a host address of subnet {s}"),
+                    });
+                }
+                Some(ip)
+            }
+            None => subnet.map(|s| s.first()),
+        };
+        let mut st = self.state.lock().await;
+        if st.networks.values().any(|n| n.name == name) {
+            return Err(Error::Conflict {
+                what: format!("network with name {name} already exists"),
+            });
+        }
+        if let Some(s) = subnet {
+            if let Some(o) = st
+                .networks
+                .values()
+                .find(|n| n.subnet().is_some_and(|x| x.overlaps(&s)))
+            {
+                return Err(Error::Forbidden {
+                    what: format!(
+                        "invalid pool request: Pool overlaps with other one on this address space (network {})",
+                        o.name
+                    ),
+                });
+            }
+        }
+        let id = new_id();
+        let prefix: String = self.cfg.prefix.chars().take(8).collect();
+        let mut n = Network {
+            id: id.clone(),
+            name: name.to_string(),
+            driver: "bridge".into(),
+            created: now(),
+            subnet: subnet.map(|s| s.to_string()),
+            gateway,
+            internal,
+            labels,
+            bridge: options
+                .get("com.docker.network.bridge.name")
+                .cloned()
+                .unwrap_or_else(|| format!("{prefix}-{}", &id[..6])),
+            options,
+            auto_subnet: subnet.is_none(),
+            endpoints: BTreeMap::new(),
+        };
+        self.bridge_up(&mut st, &mut n).await?;
+        self.save(&n)?;
+        st.networks.insert(id.clone(), n);
+        self.refresh_dns(&mut st);
+        self.apply_firewall(&st)?;
+        Ok(id)
+    }
+
+    /// `network rm`.
+    pub async fn remove(&self, reference: &str) -> Result<String> {
+        let mut st = self.state.lock().await;
+        let n = Self::find(&st, reference)?.clone();
+        if n.builtin() {
+            return Err(Error::Forbidden {
+                what: format!("{} is a pre-defined network and cannot be removed", n.name),
+            });
+        }
+        if !n.endpoints.is_empty() {
+            return Err(Error::Forbidden {
+                what: format!(
+                    "error while removing network: network {} id {} has active endpoints",
+                    n.name, n.id
+                ),
+            });
+        }
+        st.networks.remove(&n.id);
+        st.dns.remove(&n.id);
+        st.up.remove(&n.bridge);
+        let mut errs = Vec::new();
+        if let Err(e) = self.apply_firewall(&st) {
+            errs.push(e.to_string());
+        }
+        if let Err(e) = self.nl.delete(&n.bridge).await {
+            errs.push(crate::engine::error::chain(&e));
+        }
+        if let Err(e) = std::fs::remove_file(self.cfg.dir.join(format!("{}.json", n.id))) {
+            errs.push(format!("remove the record: {e}"));
+        }
+        if !errs.is_empty() {
+            tracing::warn!(network = %n.name, errors = ?errs, "network removal");
+        }
+        Ok(n.name)
+    }
+
+    /// `network prune`: user networks without endpoints.
+    pub async fn prune(&self) -> Vec<String> {
+        let victims: Vec<String> = self
+            .list()
+            .await
+            .into_iter()
+            .filter(|n| n.user_defined() && n.endpoints.is_empty())
+            .map(|n| n.id)
+            .collect();
+        let mut out = Vec::new();
+        for id in victims {
+            if let Ok(name) = self.remove(&id).await {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    // ----- containers -----
+
+    /// Where a container's namespace is pinned.
+    pub fn netns_path(&self, cid: &str) -> PathBuf {
+        netns::path(&self.cfg.netns_dir, cid)
+    }
+
+    /// Create the container's namespace (if it is not there yet).
+    pub fn create_netns(&self, cid: &str) -> Result<PathBuf> {
+        let p = self.netns_path(cid);
+        netns::create(&p)?;
+        Ok(p)
+    }
+
+    /// Attach a container to a network: a lease, a veth pair from the
+    /// bridge into the container's namespace, addresses and (for its first
+    /// interface) the default route.
+    pub async fn attach(
+        &self,
+        cid: &str,
+        cname: &str,
+        req: &AttachRequest,
+        netns: &Path,
+    ) -> Result<Attached> {
+        let mut st = self.state.lock().await;
+        let mut n = Self::find(&st, &req.network)?.clone();
+        if n.driver != "bridge" {
+            return Err(Error::Invalid {
+                what: format!(
+                    "container cannot be connected to network {}: it uses the {} driver",
+                    n.name, n.driver
+                ),
+            });
+        }
+        if n.endpoints.contains_key(cid) {
+            return Err(Error::Forbidden {
+                what: format!(
+                    "endpoint with name {cname} already exists in network {}",
+                    n.name
+                ),
+            });
+        }
+        self.bridge_up(&mut st, &mut n).await?;
+        let s = n.subnet().ok_or_else(|| Error::Invalid {
+            what: format!("network {} has no subnet", n.name),
+        })?;
+        let gw = n.gateway.unwrap_or_else(|| s.first());
+        let mut taken: Vec<Ipv4Addr> = n.endpoints.values().filter_map(|e| e.ip).collect();
+        taken.push(gw);
+        let ip = match req.ip {
+            Some(ip) if !s.contains(ip) || taken.contains(&ip) => {
+                return Err(Error::Invalid {
+                    what: format!(
+                        "address {ip} is not free in subnet {s} of network {}",
+                        n.name
+                    ),
+                });
+            }
+            Some(ip) => ip,
+            None => s.allocate(&taken).ok_or_else(|| Error::Conflict {
+                what: format!("no free address left in network {}", n.name),
+            })?,
+        };
+        let used_ifs: Vec<String> = st
+            .networks
+            .values()
+            .filter_map(|o| o.endpoints.get(cid))
+            .map(|e| e.ifname.clone())
+            .collect();
+        let slot = (0..16)
+            .find(|i| !used_ifs.contains(&format!("eth{i}")))
+            .ok_or_else(|| Error::Conflict {
+                what: format!("container {cname} is on too many networks"),
+            })?;
+        let ifname = format!("eth{slot}");
+        let host_veth = format!("ve{}{slot:x}", &cid[..11]);
+        let bridge = self
+            .nl
+            .index(&n.bridge)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("bridge {} of network {} is missing", n.bridge, n.name),
+            })?;
+        let mac = mac_of(ip);
+        self.nl
+            .add_veth(&host_veth, &ifname, self.mtu, bridge, netns, mac)
+            .await?;
+        let (ifn, prefix) = (ifname.clone(), s.prefix);
+        let route = (slot == 0).then_some(gw);
+        let configured = netlink::in_netns(netns, move |nl| async move {
+            nl.configure_inside(&ifn, ip, prefix, route).await
+        })
+        .await;
+        if let Err(e) = configured {
+            let _ = self.nl.delete(&host_veth).await;
+            return Err(e);
+        }
+        let mut aliases = req.aliases.clone();
+        if n.user_defined() && !aliases.iter().any(|a| a == &cid[..12]) {
+            aliases.push(cid[..12].to_string());
+        }
+        n.endpoints.insert(
+            cid.to_string(),
+            Endpoint {
+                id: new_id(),
+                container_name: cname.to_string(),
+                ip: Some(ip),
+                prefix: s.prefix,
+                mac: mac_string(mac),
+                aliases,
+                ifname,
+                host_veth,
+            },
+        );
+        self.save(&n)?;
+        let nameserver = st.dns.contains_key(&n.id).then_some(gw);
+        st.networks.insert(n.id.clone(), n);
+        self.refresh_dns(&mut st);
+        Ok(Attached {
+            ip: Some(ip),
+            nameserver: nameserver.or(Some(gw)),
+        })
+    }
+
+    /// Detach a container from one network (its veth goes too).
+    pub async fn detach(&self, cid: &str, network: &str) -> Result<()> {
+        let mut st = self.state.lock().await;
+        let mut n = Self::find(&st, network)?.clone();
+        let Some(ep) = n.endpoints.remove(cid) else {
+            return Ok(());
+        };
+        self.nl.delete(&ep.host_veth).await?;
+        self.save(&n)?;
+        st.networks.insert(n.id.clone(), n);
+        self.refresh_dns(&mut st);
+        self.apply_firewall(&st)
+    }
+
+    /// Publish ports of a container (after its endpoints exist).
+    pub async fn publish(&self, cid: &str, reqs: &[PortRequest]) -> Result<Vec<PortMapping>> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut st = self.state.lock().await;
+        if self.primary_ip(&st, cid).is_none() {
+            // No bridge endpoint: nothing to forward to (host/none modes).
+            return Ok(Vec::new());
+        }
+        let mut maps = Vec::new();
+        let mut held = Vec::new();
+        for r in reqs {
+            let ip = r.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let sa = SocketAddr::new(IpAddr::V4(ip), r.host_port);
+            let (port, res) = if r.proto == "udp" {
+                let s = std::net::UdpSocket::bind(sa);
+                let s = s.map_err(|e| Error::Conflict {
+                    what: format!("Bind for {sa} failed: port is already allocated ({e})"),
+                })?;
+                let p = s.local_addr().map(|a| a.port()).unwrap_or(r.host_port);
+                (p, Reservation::Udp(s))
+            } else {
+                let s = std::net::TcpListener::bind(sa).map_err(|e| Error::Conflict {
+                    what: format!("Bind for {sa} failed: port is already allocated ({e})"),
+                })?;
+                let p = s.local_addr().map(|a| a.port()).unwrap_or(r.host_port);
+                (p, Reservation::Tcp(s))
+            };
+            held.push(res);
+            maps.push(PortMapping {
+                container_port: format!("{}/{}", r.container_port, r.proto),
+                host_ip: ip.to_string(),
+                host_port: port,
+            });
+        }
+        st.ports.insert(cid.to_string(), maps.clone());
+        st.reserved.insert(cid.to_string(), held);
+        self.save_ports(&st)?;
+        if let Err(e) = self.apply_firewall(&st) {
+            st.ports.remove(cid);
+            st.reserved.remove(cid);
+            let _ = self.save_ports(&st);
+            return Err(e);
+        }
+        Ok(maps)
+    }
+
+    /// Everything a stopped container held: ports, endpoints, namespace.
+    /// Keeps going on errors and reports them all at the end.
+    pub async fn release(&self, cid: &str) -> Result<()> {
+        let mut st = self.state.lock().await;
+        let mut errs = Vec::new();
+        let had_ports = st.ports.remove(cid).is_some();
+        st.reserved.remove(cid);
+        if had_ports {
+            if let Err(e) = self.save_ports(&st) {
+                errs.push(e.to_string());
+            }
+        }
+        let ids: Vec<String> = st
+            .networks
+            .values()
+            .filter(|n| n.endpoints.contains_key(cid))
+            .map(|n| n.id.clone())
+            .collect();
+        for id in &ids {
+            let Some(mut n) = st.networks.get(id).cloned() else {
+                continue;
+            };
+            if let Some(ep) = n.endpoints.remove(cid) {
+                if let Err(e) = self.nl.delete(&ep.host_veth).await {
+                    errs.push(crate::engine::error::chain(&e));
+                }
+            }
+            if let Err(e) = self.save(&n) {
+                errs.push(e.to_string());
+            }
+            st.networks.insert(id.clone(), n);
+        }
+        if !ids.is_empty() {
+            self.refresh_dns(&mut st);
+        }
+        if had_ports {
+            if let Err(e) = self.apply_firewall(&st) {
+                errs.push(e.to_string());
+            }
+        }
+        if let Err(e) = netns::remove(&self.netns_path(cid)) {
+            errs.push(crate::engine::error::chain(&e));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid {
+                what: format!("releasing the network of {cid}: {}", errs.join("; ")),
+            })
+        }
+    }
+
+    /// At daemon shutdown: when no container holds an endpoint any more,
+    /// remove our bridges, the firewall table and the DNS responders, so a
+    /// stopped daemon leaves nothing on the host. With running containers
+    /// everything stays for the next daemon to adopt.
+    pub async fn shutdown(&self) {
+        let mut st = self.state.lock().await;
+        st.dns.clear();
+        if st.networks.values().any(|n| !n.endpoints.is_empty()) {
+            return;
+        }
+        let bridges: Vec<String> = st.up.drain().collect();
+        for b in bridges {
+            if let Err(e) = self.nl.delete(&b).await {
+                tracing::warn!(bridge = %b, error = %crate::engine::error::chain(&e), "bridge removal");
+            }
+        }
+        if let Err(e) = nft::delete(&self.cfg.prefix) {
+            tracing::warn!(error = %e, "firewall table removal");
+        }
+    }
+}

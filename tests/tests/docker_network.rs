@@ -1,0 +1,329 @@
+//! Networking with the real docker CLI against vesseld: user networks with
+//! name resolution, published ports reached from the host over loopback,
+//! `none` and `host` modes, connect/disconnect, cleanup, and a daemon
+//! restart that keeps running containers reachable. All traffic stays on
+//! loopback or between the daemon's own containers.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use common::{Daemon, json};
+
+macro_rules! need {
+    () => {
+        vessel_testkit::require!(
+            common::can_run() && vessel_testkit::have_command("nft"),
+            "needs root, the docker CLI and nft"
+        );
+    };
+}
+
+/// GET `path` from 127.0.0.1:`port` and return the body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}
+
+fn links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The daemon's nftables table (named like its default bridge without the
+/// final `0`) and default bridge.
+fn names(d: &Daemon) -> (String, String) {
+    let v = json(&d.ok(&["network", "inspect", "bridge"]));
+    let bridge = v[0]["Options"]["com.docker.network.bridge.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (bridge.strip_suffix('0').unwrap().to_string(), bridge)
+}
+
+fn nft_table(table: &str) -> Option<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "ip", table])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn published_port(d: &Daemon, name: &str) -> u16 {
+    let out = d.ok(&["port", name, "80/tcp"]);
+    let line = out.lines().next().unwrap_or_default();
+    assert!(line.starts_with("127.0.0.1:"), "{out}");
+    line.rsplit(':').next().unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn networks_names_ports_modes_and_cleanup() {
+    need!();
+    let d = Daemon::start("net-main");
+    d.load_busybox();
+    let (table, bridge) = names(&d);
+    assert!(links().contains(&bridge), "default bridge {bridge} is up");
+
+    // A user network with a label; inspect shows its subnet and gateway.
+    let net = vessel_testkit::unique_name("n");
+    let nid = d
+        .ok(&["network", "create", "--label", "team=qa", &net])
+        .trim()
+        .to_string();
+    let n = json(&d.ok(&["network", "inspect", &net]));
+    assert_eq!(n[0]["Labels"]["team"], "qa");
+    assert_eq!(n[0]["Driver"], "bridge");
+    assert!(
+        n[0]["IPAM"]["Config"][0]["Subnet"]
+            .as_str()
+            .unwrap()
+            .contains('/')
+    );
+    let ls = d.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(ls.lines().any(|l| l == net), "{ls}");
+    let out = d.run(&["network", "create", &net]);
+    assert!(!out.status.success(), "duplicate names are refused");
+
+    // Two containers reach each other by name and by alias.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        &net,
+        "--network-alias",
+        "www",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    let web = json(&d.ok(&["inspect", "web"]));
+    let ip = web[0]["NetworkSettings"]["Networks"][&net]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!ip.is_empty(), "{}", web[0]["NetworkSettings"]);
+    let got = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "sh",
+        "-c",
+        "wget -q -O- http://web/hostname && wget -q -O- http://www/hostname",
+    ]);
+    let id12 = &web[0]["Id"].as_str().unwrap()[..12];
+    assert_eq!(got, format!("{id12}\n{id12}\n"));
+
+    // A published port on 127.0.0.1 with a port the daemon picks.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "pub",
+        "-p",
+        "127.0.0.1:0:80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    let port = published_port(&d, "pub");
+    assert_ne!(port, 0);
+    let p = json(&d.ok(&["inspect", "pub"]));
+    let ns = &p[0]["NetworkSettings"];
+    assert_eq!(ns["Ports"]["80/tcp"][0]["HostIp"], "127.0.0.1");
+    assert_eq!(ns["Ports"]["80/tcp"][0]["HostPort"], port.to_string());
+    assert!(!ns["IPAddress"].as_str().unwrap().is_empty());
+    assert!(!ns["Gateway"].as_str().unwrap().is_empty());
+    assert_eq!(
+        http_get(port, "/hostname").trim(),
+        &p[0]["Id"].as_str().unwrap()[..12]
+    );
+    let ps = d.ok(&["ps", "--format", "{{.Ports}}", "--filter", "name=pub"]);
+    assert!(ps.contains(&format!("127.0.0.1:{port}->80/tcp")), "{ps}");
+
+    // The default bridge has no name resolution, like Docker's.
+    let out = d.run(&[
+        "run",
+        "--rm",
+        "busybox",
+        "wget",
+        "-q",
+        "-T",
+        "2",
+        "-O-",
+        "http://pub/",
+    ]);
+    assert!(!out.status.success());
+
+    // Connect a running container to the user network and disconnect it.
+    d.ok(&["network", "connect", "--alias", "second", &net, "pub"]);
+    let got = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "wget",
+        "-q",
+        "-O-",
+        "http://second/hostname",
+    ]);
+    assert_eq!(got.trim(), &p[0]["Id"].as_str().unwrap()[..12]);
+    let addrs = d.ok(&["exec", "pub", "ip", "addr"]);
+    assert!(addrs.contains("eth1"), "{addrs}");
+    d.ok(&["network", "disconnect", &net, "pub"]);
+    let addrs = d.ok(&["exec", "pub", "ip", "addr"]);
+    assert!(!addrs.contains("eth1"), "{addrs}");
+
+    // A network in use cannot be removed.
+    let out = d.run(&["network", "rm", &net]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("active endpoints"));
+
+    // none: loopback only. host: the host's interfaces.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    let mut inside: Vec<String> = out.split_whitespace().map(String::from).collect();
+    inside.sort();
+    assert!(
+        inside.contains(&bridge),
+        "host mode sees {bridge}: {inside:?}"
+    );
+
+    // Removal leaves no veth, bridge, rule or namespace behind.
+    let ids: Vec<String> = ["web", "pub"]
+        .iter()
+        .map(|n| {
+            json(&d.ok(&["inspect", n]))[0]["Id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        nft_table(&table)
+            .unwrap()
+            .contains(&format!("dport {port} dnat"))
+    );
+    d.ok(&["rm", "-f", "web", "pub"]);
+    d.ok(&["network", "rm", &net]);
+    let now = links();
+    for id in &ids {
+        assert!(
+            !now.iter()
+                .any(|l| l.starts_with(&format!("ve{}", &id[..11]))),
+            "veth of {id} is gone: {now:?}"
+        );
+    }
+    assert!(
+        !now.iter().any(|l| l.ends_with(&format!("-{}", &nid[..6]))),
+        "bridge of {net} is gone: {now:?}"
+    );
+    assert!(!nft_table(&table).unwrap().contains("dnat to"));
+    let netns = d.tmp.join("run/netns");
+    assert!(
+        std::fs::read_dir(&netns).map_or(true, |mut r| r.next().is_none()),
+        "no namespace left in {}",
+        netns.display()
+    );
+    let out = d.ok(&["network", "prune", "-f"]);
+    assert!(!out.contains(&net));
+    // A stopped daemon with nothing running removes its bridge and table.
+    let mut d = d;
+    d.stop();
+    assert!(!Path::new("/sys/class/net").join(&bridge).exists());
+    assert!(nft_table(&table).is_none(), "table {table} is gone");
+}
+
+#[test]
+fn daemon_restart_keeps_published_ports_without_duplicate_rules() {
+    need!();
+    let mut d = Daemon::start("net-restart");
+    d.load_busybox();
+    let (table, _) = names(&d);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "-p",
+        "127.0.0.1:0:80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    let port = published_port(&d, "srv");
+    let id12 = d.ok(&["inspect", "-f", "{{.Id}}", "srv"])[..12].to_string();
+    assert_eq!(http_get(port, "/hostname").trim(), id12);
+    d.stop();
+    // The container and its forwarding outlive the daemon.
+    assert_eq!(http_get(port, "/hostname").trim(), id12);
+    d.spawn();
+    assert_eq!(http_get(port, "/hostname").trim(), id12);
+    let rules = nft_table(&table).unwrap_or_else(|| panic!("no table {table}: {}", d.log()));
+    assert_eq!(
+        rules.matches(&format!("dport {port} dnat")).count(),
+        1,
+        "{rules}"
+    );
+    assert_eq!(published_port(&d, "srv"), port);
+    // A second container still gets its own address after the restart.
+    let ip = d.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -o -4 addr show eth0",
+    ]);
+    assert!(ip.contains("inet "), "{ip}");
+    d.ok(&["rm", "-f", "srv"]);
+}

@@ -320,9 +320,10 @@ impl Engine {
 pub const RATE_LABEL: &str = "vessel.network.rate";
 
 impl Engine {
-    /// Limit the container's traffic with tc on the host side of its veth:
-    /// a token bucket on the veth's egress (traffic into the container)
-    /// and a policer on its ingress (traffic out of the container).
+    /// Limit the container's traffic with tc token buckets on both ends of
+    /// each of its veth pairs: the host side shapes what goes into the
+    /// container, the side inside its namespace what comes out (the
+    /// container lacks CAP_NET_ADMIN, so it cannot lift either).
     async fn apply_rate(&self, c: &Container, rate: &str) -> Result<()> {
         let valid = {
             let digits = rate.trim_end_matches(|ch: char| ch.is_ascii_alphabetic());
@@ -339,29 +340,30 @@ impl Engine {
                 "label {RATE_LABEL}={rate:?}: want a tc rate such as 10mbit"
             )));
         }
-        let (eps, _) = self.network()?.of_container(&c.id).await;
+        let net = self.network()?;
+        let (eps, _) = net.of_container(&c.id).await;
+        let ns = format!("--net={}", net.netns_path(&c.id).display());
         for (_, ep) in eps {
-            let dev = ep.host_veth.as_str();
-            let cmds: [&[&str]; 3] = [
-                &[
+            let tbf = |dev: &str| -> Vec<String> {
+                [
                     "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb",
-                    "latency", "50ms",
-                ],
-                &["qdisc", "replace", "dev", dev, "handle", "ffff:", "ingress"],
-                &[
-                    "filter", "replace", "dev", dev, "parent", "ffff:", "protocol", "all", "prio",
-                    "1", "matchall", "action", "police", "rate", rate, "burst", "64kb", "drop",
-                ],
-            ];
-            for args in cmds {
-                let out = tokio::process::Command::new("tc")
-                    .args(args)
+                    "latency", "100ms",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            };
+            let mut inside = vec![ns.clone(), "tc".to_string()];
+            inside.extend(tbf(&ep.ifname));
+            for (prog, args) in [("tc", tbf(&ep.host_veth)), ("nsenter", inside)] {
+                let out = tokio::process::Command::new(prog)
+                    .args(&args)
                     .output()
                     .await
-                    .map_err(|e| Error::from_err("run tc", &e))?;
+                    .map_err(|e| Error::from_err(&format!("run {prog}"), &e))?;
                 if !out.status.success() {
                     return Err(Error::internal(format!(
-                        "tc {}: {}",
+                        "{prog} {}: {}",
                         args.join(" "),
                         String::from_utf8_lossy(&out.stderr).trim()
                     )));

@@ -80,7 +80,7 @@ pub fn summary(c: &Container, net: &Value) -> Value {
 }
 
 /// The `GET /containers/{id}/json` document.
-pub fn inspect(engine: &Engine, c: &Container, net: Value) -> Value {
+pub fn inspect(engine: &Engine, c: &Container, net: &Value) -> Value {
     let dir = engine.paths.container(&c.id);
     let mut host_config = serde_json::to_value(&c.host_config).unwrap_or_else(|_| json!({}));
     if let Some(o) = host_config.as_object_mut() {
@@ -162,7 +162,7 @@ pub fn inspect(engine: &Engine, c: &Container, net: Value) -> Value {
         },
         "Mounts": c.mounts,
         "Config": config,
-        "NetworkSettings": net,
+        "NetworkSettings": net.clone(),
     })
 }
 
@@ -256,7 +256,7 @@ async fn container_route(
             let net = engine.network_settings(&c).await;
             Ok(super::json_ordered(
                 StatusCode::OK,
-                &inspect(&engine, &c, net),
+                &inspect(&engine, &c, &net),
                 &INSPECT_ORDER,
             ))
         }

@@ -155,7 +155,7 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
             let ep = body
                 .get("EndpointConfig")
                 .cloned()
-                .filter(|v| v.is_object())
+                .filter(Value::is_object)
                 .unwrap_or_else(|| json!({}));
             engine.network_connect(name, &container, ep).await?;
             Ok(super::status(StatusCode::OK))

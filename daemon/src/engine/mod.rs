@@ -1818,13 +1818,11 @@ fn write_etc_files(
         // resolvers.
         let _ = writeln!(resolv, "nameserver {ns}");
         for l in host_resolv.lines() {
-            if l.starts_with("search") || l.starts_with("options") {
-                if (l.starts_with("search") && c.host_config.dns_search.is_empty())
-                    || (l.starts_with("options") && c.host_config.dns_options.is_empty())
-                {
-                    resolv.push_str(l);
-                    resolv.push('\n');
-                }
+            if (l.starts_with("search") && c.host_config.dns_search.is_empty())
+                || (l.starts_with("options") && c.host_config.dns_options.is_empty())
+            {
+                resolv.push_str(l);
+                resolv.push('\n');
             }
         }
     } else if c.host_config.dns.is_empty() {

@@ -257,7 +257,7 @@ impl Engine {
                     "IPv6Gateway": "",
                     "GlobalIPv6Address": "",
                     "GlobalIPv6PrefixLen": 0,
-                    "DNSNames": ep.map(|(n, e)| {
+                    "DNSNames": ep.map_or(Value::Null, |(n, e)| {
                         if n.user_defined() {
                             let mut v = vec![e.container_name.clone()];
                             v.extend(e.aliases.iter().cloned());
@@ -265,7 +265,7 @@ impl Engine {
                         } else {
                             Value::Null
                         }
-                    }).unwrap_or(Value::Null),
+                    }),
                 }),
             );
         }
@@ -350,7 +350,7 @@ impl Engine {
                     "latency", "100ms",
                 ]
                 .iter()
-                .map(|s| s.to_string())
+                .map(ToString::to_string)
                 .collect()
             };
             let mut inside = vec![ns.clone(), "tc".to_string()];

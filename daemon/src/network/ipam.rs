@@ -51,13 +51,13 @@ impl Subnet {
         Ipv4Addr::from(u32::from(self.addr) + 1)
     }
 
-    fn broadcast(&self) -> u32 {
+    fn broadcast(self) -> u32 {
         u32::from(self.addr) | !mask(self.prefix)
     }
 
     /// The lowest address in the subnet that is neither the network, the
     /// broadcast address nor in `taken`.
-    pub fn allocate(&self, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    pub fn allocate(self, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
         let start = u32::from(self.addr) + 1;
         (start..self.broadcast())
             .map(Ipv4Addr::from)

@@ -76,10 +76,10 @@ impl Config {
     /// Names for a daemon on `root`: `vessel`/`vessel0` for the default
     /// root, otherwise a short prefix derived from the root path.
     pub fn names_for(root: &Path) -> (String, String) {
+        use sha2::Digest as _;
         if root == Path::new("/var/lib/vessel") {
             return ("vessel".into(), "vessel0".into());
         }
-        use sha2::Digest as _;
         let h = hex::encode(sha2::Sha256::digest(root.as_os_str().as_encoded_bytes()));
         let p = format!("vs{}", &h[..5]);
         (p.clone(), format!("{p}0"))
@@ -291,7 +291,7 @@ impl Manager {
                         st.networks.insert(n.id.clone(), n);
                     }
                     None => {
-                        tracing::warn!(path = %p.display(), "unreadable network record skipped")
+                        tracing::warn!(path = %p.display(), "unreadable network record skipped");
                     }
                 }
             }
@@ -414,7 +414,7 @@ impl Manager {
                 }
             }
         }
-        self.refresh_dns(st);
+        Self::refresh_dns(st);
         if let Err(e) = self.apply_firewall(st) {
             tracing::warn!(error = %e, "firewall table");
         }
@@ -483,29 +483,28 @@ impl Manager {
 
     /// Restart the DNS responders so each bridge has one with the current
     /// names.
-    fn refresh_dns(&self, st: &mut State) {
+    fn refresh_dns(st: &mut State) {
         let nets: Vec<Network> = st.networks.values().cloned().collect();
         st.dns.retain(|id, _| nets.iter().any(|n| &n.id == id));
         for n in nets.iter().filter(|n| n.driver == "bridge") {
-            let names = match st.dns.get(&n.id) {
-                Some((names, _)) => names.clone(),
-                None => {
-                    let Some(gw) = n.gateway else { continue };
-                    if !st.up.contains(&n.bridge) {
+            let names = if let Some((names, _)) = st.dns.get(&n.id) {
+                names.clone()
+            } else {
+                let Some(gw) = n.gateway else { continue };
+                if !st.up.contains(&n.bridge) {
+                    continue;
+                }
+                let names: dns::Names = Arc::default();
+                match dns::start(gw, names.clone()) {
+                    Ok(r) => {
+                        st.dns.insert(n.id.clone(), (names.clone(), r));
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = %n.name, error = %crate::engine::error::chain(&e), "DNS responder");
                         continue;
                     }
-                    let names: dns::Names = Arc::default();
-                    match dns::start(gw, names.clone()) {
-                        Ok(r) => {
-                            st.dns.insert(n.id.clone(), (names.clone(), r));
-                        }
-                        Err(e) => {
-                            tracing::warn!(network = %n.name, error = %crate::engine::error::chain(&e), "DNS responder");
-                            continue;
-                        }
-                    }
-                    names
                 }
+                names
             };
             let mut map = HashMap::new();
             if n.user_defined() {
@@ -541,7 +540,7 @@ impl Manager {
             .collect();
         let mut ports = Vec::new();
         for (cid, maps) in &st.ports {
-            let Some(ip) = self.primary_ip(st, cid) else {
+            let Some(ip) = Self::primary_ip(st, cid) else {
                 continue;
             };
             for p in maps {
@@ -572,7 +571,7 @@ impl Manager {
         )
     }
 
-    fn primary_ip(&self, st: &State, cid: &str) -> Option<Ipv4Addr> {
+    fn primary_ip(st: &State, cid: &str) -> Option<Ipv4Addr> {
         st.networks
             .values()
             .filter_map(|n| n.endpoints.get(cid))
@@ -741,7 +740,7 @@ impl Manager {
         self.bridge_up(&mut st, &mut n).await?;
         self.save(&n)?;
         st.networks.insert(id.clone(), n);
-        self.refresh_dns(&mut st);
+        Self::refresh_dns(&mut st);
         self.apply_firewall(&st)?;
         Ok(id)
     }
@@ -917,7 +916,7 @@ impl Manager {
         self.save(&n)?;
         let nameserver = st.dns.contains_key(&n.id).then_some(gw);
         st.networks.insert(n.id.clone(), n);
-        self.refresh_dns(&mut st);
+        Self::refresh_dns(&mut st);
         Ok(Attached {
             ip: Some(ip),
             nameserver: nameserver.or(Some(gw)),
@@ -934,7 +933,7 @@ impl Manager {
         self.nl.delete(&ep.host_veth).await?;
         self.save(&n)?;
         st.networks.insert(n.id.clone(), n);
-        self.refresh_dns(&mut st);
+        Self::refresh_dns(&mut st);
         self.apply_firewall(&st)
     }
 
@@ -944,7 +943,7 @@ impl Manager {
             return Ok(Vec::new());
         }
         let mut st = self.state.lock().await;
-        if self.primary_ip(&st, cid).is_none() {
+        if Self::primary_ip(&st, cid).is_none() {
             // No bridge endpoint: nothing to forward to (host/none modes).
             return Ok(Vec::new());
         }
@@ -958,13 +957,13 @@ impl Manager {
                 let s = s.map_err(|e| Error::Conflict {
                     what: format!("Bind for {sa} failed: port is already allocated ({e})"),
                 })?;
-                let p = s.local_addr().map(|a| a.port()).unwrap_or(r.host_port);
+                let p = s.local_addr().map_or(r.host_port, |a| a.port());
                 (p, Reservation::Udp(s))
             } else {
                 let s = std::net::TcpListener::bind(sa).map_err(|e| Error::Conflict {
                     what: format!("Bind for {sa} failed: port is already allocated ({e})"),
                 })?;
-                let p = s.local_addr().map(|a| a.port()).unwrap_or(r.host_port);
+                let p = s.local_addr().map_or(r.host_port, |a| a.port());
                 (p, Reservation::Tcp(s))
             };
             held.push(res);
@@ -1019,7 +1018,7 @@ impl Manager {
             st.networks.insert(id.clone(), n);
         }
         if !ids.is_empty() {
-            self.refresh_dns(&mut st);
+            Self::refresh_dns(&mut st);
         }
         if had_ports {
             if let Err(e) = self.apply_firewall(&st) {

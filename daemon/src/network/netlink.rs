@@ -65,19 +65,18 @@ impl Netlink {
         prefix: u8,
         mtu: u32,
     ) -> Result<u32> {
-        let index = match self.index(name).await? {
-            Some(i) => i,
-            None => {
-                self.handle
-                    .link()
-                    .add(LinkBridge::new(name).mtu(mtu).build())
-                    .execute()
-                    .await
-                    .map_err(nl(format!("create bridge {name}")))?;
-                self.index(name).await?.ok_or_else(|| Error::Invalid {
-                    what: format!("bridge {name} vanished after its creation"),
-                })?
-            }
+        let index = if let Some(i) = self.index(name).await? {
+            i
+        } else {
+            self.handle
+                .link()
+                .add(LinkBridge::new(name).mtu(mtu).build())
+                .execute()
+                .await
+                .map_err(nl(format!("create bridge {name}")))?;
+            self.index(name).await?.ok_or_else(|| Error::Invalid {
+                what: format!("bridge {name} vanished after its creation"),
+            })?
         };
         let mut have = false;
         let mut addrs = self

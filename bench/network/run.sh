@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Networking cost and throughput, side by side:
+#
+#   1. start-to-exit latency of `run --rm busybox true` with the default
+#      bridge and with `--network none` (hyperfine medians), for vesseld
+#      (driven by the docker CLI), dockerd (docker.io) and podman;
+#   2. throughput container-to-container on a user network and from the
+#      host through a published port on 127.0.0.1 (busybox nc, 512 MiB of
+#      zeros; the host side writes to bash's /dev/tcp), for vesseld and
+#      dockerd.
+#
+#   bench/network/run.sh [--runs N] [--results DIR] [--skip docker,podman] [--no-build]
+#
+# Needs root. Starts vesseld and dockerd on private directories, sockets and
+# (for dockerd) a private bridge; removes everything on exit. All traffic
+# stays on this machine.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+runs=20
+results=
+skip=
+build=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        --runs) runs=$2; shift 2 ;;
+        --results) results=$2; shift 2 ;;
+        --skip) skip=$2; shift 2 ;;
+        --no-build) build=0; shift ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "run.sh: needs root" >&2; exit 1; }
+skipped() { case ",$skip," in *",$1,"*) return 0 ;; esac; return 1; }
+
+need=()
+command -v hyperfine >/dev/null || need+=(hyperfine)
+skipped docker || [ -x /usr/sbin/dockerd ] || need+=(docker.io)
+skipped podman || command -v podman >/dev/null || need+=(podman conmon crun)
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    systemctl stop docker.service docker.socket containerd.service 2>/dev/null || true
+fi
+
+target=${CARGO_TARGET_DIR:-$repo/target}
+[ "$build" = 1 ] && (cd "$repo" && cargo build --release -q -p vesseld -p vessel-runtime --bins)
+bin=$target/release
+
+work=$(mktemp -d /tmp/vessel-bench-net.XXXXXX)
+results=${results:-$here/results/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$results"
+pids=()
+iptables-save >"$work/iptables.before" 2>/dev/null || true
+fwd_before=$(cat /proc/sys/net/ipv4/ip_forward)
+links_before=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
+podman_() {
+    podman --root "$work/podman/root" --runroot "$work/podman/run" \
+        --cgroup-manager cgroupfs --events-backend none "$@"
+}
+cleanup() {
+    set +e
+    for s in vd dd; do
+        if [ -S "$work/$s.sock" ]; then
+            ids=$(DOCKER_HOST=unix://$work/$s.sock docker ps -aq)
+            [ -n "$ids" ] && DOCKER_HOST=unix://$work/$s.sock docker rm -f $ids >/dev/null 2>&1
+            DOCKER_HOST=unix://$work/$s.sock docker network prune -f >/dev/null 2>&1
+        fi
+    done
+    [ -d "$work/podman" ] && { podman_ rm -af >/dev/null 2>&1; podman_ system reset -f >/dev/null 2>&1; }
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+    grep -o " $work[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort | comm -13 <(echo "$links_before") -); do
+        ip link delete "$l" 2>/dev/null
+    done
+    [ -s "$work/iptables.before" ] && iptables-restore <"$work/iptables.before"
+    echo "$fwd_before" >/proc/sys/net/ipv4/ip_forward
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+image=$repo/target/fixtures/busybox-image.tar
+if [ ! -f "$image" ]; then
+    mkdir -p "$(dirname "$image")"
+    "$repo/scripts/busybox-image.sh" "$image.tmp" >/dev/null
+    mv "$image.tmp" "$image"
+fi
+wait_sock() {
+    for _ in $(seq 300); do
+        [ -S "$1" ] && DOCKER_HOST=unix://$1 docker version >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "run.sh: daemon on $1 did not come up" >&2
+    exit 1
+}
+
+"$bin/vesseld" --root "$work/vd-root" --exec-root "$work/vd-run" -H "unix://$work/vd.sock" \
+    --shim-binary "$bin/vessel-shim" >"$work/vesseld.log" 2>&1 &
+pids+=($!)
+wait_sock "$work/vd.sock"
+DOCKER_HOST=unix://$work/vd.sock docker load -q -i "$image" >/dev/null
+if ! skipped docker; then
+    ip link add vbnet0 type bridge
+    ip addr add 10.214.0.1/24 dev vbnet0
+    ip link set vbnet0 up
+    /usr/sbin/dockerd --data-root "$work/dd-root" --exec-root "$work/dd-run" \
+        -H "unix://$work/dd.sock" --pidfile "$work/dd.pid" --storage-driver overlay2 \
+        --containerd-namespace "vbnet$$" --bridge vbnet0 >"$work/dockerd.log" 2>&1 &
+    pids+=($!)
+    wait_sock "$work/dd.sock"
+    DOCKER_HOST=unix://$work/dd.sock docker load -q -i "$image" >/dev/null
+fi
+if ! skipped podman; then
+    mkdir -p "$work/podman"
+    printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n' \
+        >"$work/podman/containers.conf"
+    export CONTAINERS_CONF=$work/podman/containers.conf
+    podman_ load -q -i "$image" >/dev/null
+fi
+
+# 1. Latency.
+args=()
+for net in bridge none; do
+    args+=(-n "vessel $net" "env DOCKER_HOST=unix://$work/vd.sock docker run --rm --network $net busybox true")
+    skipped docker || args+=(-n "docker $net" "env DOCKER_HOST=unix://$work/dd.sock docker run --rm --network $net busybox true")
+    skipped podman || args+=(-n "podman $net" "podman --root $work/podman/root --runroot $work/podman/run --cgroup-manager cgroupfs --events-backend none run --rm --network $net busybox true")
+done
+echo "== run --rm latency ($runs runs each)" >&2
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$results/latency.json" "${args[@]}" | tee "$results/latency.txt"
+
+# 2. Throughput.
+mib=512
+throughput() { # engine socket
+    local d="env DOCKER_HOST=unix://$2" net=bnet$$
+    $d docker network create "$net" >/dev/null
+    $d docker run -d --name sink --network "$net" -p 127.0.0.1:0:5000 busybox \
+        sh -c 'while :; do nc -l -p 5000 >/dev/null; done' >/dev/null
+    $d docker run -d --name src --network "$net" busybox sleep 600 >/dev/null
+    local port
+    port=$($d docker port sink 5000/tcp | head -1 | awk -F: '{print $NF}')
+    sleep 0.5 # let nc listen (a benchmark, not a test)
+    local t0 t1
+    t0=$(date +%s.%N)
+    $d docker exec src sh -c "dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc sink 5000"
+    t1=$(date +%s.%N)
+    echo "$1 container-to-container: $(echo "$mib / ($t1 - $t0)" | bc -l | cut -c1-7) MiB/s"
+    t0=$(date +%s.%N)
+    dd if=/dev/zero bs=1M count=$mib 2>/dev/null >/dev/tcp/127.0.0.1/"$port"
+    t1=$(date +%s.%N)
+    echo "$1 host->127.0.0.1:$port published: $(echo "$mib / ($t1 - $t0)" | bc -l | cut -c1-7) MiB/s"
+    $d docker rm -f sink src >/dev/null
+    $d docker network rm "$net" >/dev/null
+}
+echo "== throughput ($mib MiB)" >&2
+{
+    throughput vessel "$work/vd.sock"
+    skipped docker || throughput docker "$work/dd.sock"
+} | tee "$results/throughput.txt"

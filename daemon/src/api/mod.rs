@@ -5,6 +5,7 @@
 //! Paths may carry a version prefix (`/v1.24/` .. `/v{API_VERSION}/`) or
 //! none. Attach and exec use Docker's connection upgrade ("hijack").
 
+mod build;
 mod containers;
 mod images;
 mod networks;
@@ -410,10 +411,7 @@ async fn route(engine: Arc<Engine>, mut req: Req) -> Result<Response<Body>, Erro
         Some("volumes") => system::volumes(engine, &mut req).await,
         Some("networks") => networks::route(engine, &mut req).await,
         Some("auth") if req.method == Method::POST => images::auth(engine, &mut req).await,
-        Some("build") => Err(Error::new(
-            Kind::NotImplemented,
-            "building images is not available in this daemon yet",
-        )),
+        Some("build") => build::route(engine, &mut req).await,
         Some("swarm") if p.get(1) == Some(&"leave") => Err(Error::new(
             Kind::Unavailable,
             "This node is not part of a swarm",

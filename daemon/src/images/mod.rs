@@ -29,7 +29,7 @@ pub mod layer;
 pub mod manifest;
 pub mod reference;
 pub mod snapshot;
-mod sys;
+pub(crate) mod sys;
 mod targuard;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

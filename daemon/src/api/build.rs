@@ -18,7 +18,7 @@ use crate::engine::error::{Error, Kind};
 pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let p: Vec<&str> = req.parts.iter().map(String::as_str).collect();
     match (&req.method, p.as_slice()) {
-        (&Method::POST, ["build"]) => build(engine, req).await,
+        (&Method::POST, ["build"]) => build(engine, req),
         (&Method::POST, ["build", "prune"]) => prune(engine).await,
         (&Method::POST, ["build", "cancel"]) => Ok(super::status(StatusCode::OK)),
         _ => Err(Error::not_found(format!(
@@ -67,7 +67,7 @@ fn json_map(raw: Option<&str>, what: &str) -> Result<Vec<(String, Option<String>
         .collect())
 }
 
-fn line(key: &str, v: serde_json::Value) -> Bytes {
+fn line(key: &str, v: &serde_json::Value) -> Bytes {
     let mut b = serde_json::to_vec(&serde_json::json!({ key: v })).unwrap_or_default();
     b.extend_from_slice(b"\r\n");
     Bytes::from(b)
@@ -94,7 +94,7 @@ impl Read for ChanReader {
     }
 }
 
-async fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
+fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let q = req.query.clone();
     let builder = builder(&engine)?;
     let mut labels = std::collections::BTreeMap::new();
@@ -201,7 +201,7 @@ async fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Err
                     continue;
                 }
                 if fwd_tx
-                    .send(line("stream", serde_json::json!(s)))
+                    .send(line("stream", &serde_json::json!(s)))
                     .await
                     .is_err()
                 {
@@ -216,17 +216,17 @@ async fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Err
         match result {
             Ok(o) => {
                 let _ = tx
-                    .send(line("aux", serde_json::json!({"ID": o.id.to_string()})))
+                    .send(line("aux", &serde_json::json!({"ID": o.id.to_string()})))
                     .await;
                 if quiet {
                     let _ = tx
-                        .send(line("stream", serde_json::json!(format!("{}\n", o.id))))
+                        .send(line("stream", &serde_json::json!(format!("{}\n", o.id))))
                         .await;
                 } else {
                     let _ = tx
                         .send(line(
                             "stream",
-                            serde_json::json!(format!(
+                            &serde_json::json!(format!(
                                 "Successfully built {}\n",
                                 &o.id.hex()[..12]
                             )),
@@ -236,7 +236,7 @@ async fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Err
                         let _ = tx
                             .send(line(
                                 "stream",
-                                serde_json::json!(format!("Successfully tagged {t}\n")),
+                                &serde_json::json!(format!("Successfully tagged {t}\n")),
                             ))
                             .await;
                     }

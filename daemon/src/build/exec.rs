@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -671,7 +672,7 @@ impl Builder {
             Step::Copy(c) => {
                 let plan = self.plan_copy(
                     ctx,
-                    CopyKind::Copy,
+                    &CopyKind::Copy,
                     &c.sources,
                     c.from.as_deref(),
                     &c.excludes,
@@ -683,7 +684,7 @@ impl Builder {
             Step::Add(a) => {
                 let plan = self.plan_copy(
                     ctx,
-                    CopyKind::Add(a.checksum.clone()),
+                    &CopyKind::Add(a.checksum.clone()),
                     &a.sources,
                     None,
                     &a.excludes,
@@ -742,7 +743,7 @@ impl Builder {
             }
             Step::Copy(c) => {
                 let plan = copy_plan.as_ref().expect("planned above");
-                self.exec_copy(ctx, state, &CopyArgs::from_copy(c), plan, &step_root)?;
+                Self::exec_copy(ctx, state, &CopyArgs::from_copy(c), plan, &step_root)?;
                 format!("/bin/sh -c #(nop) {}", ins.original)
             }
             Step::Add(a) => {
@@ -755,7 +756,7 @@ impl Builder {
                     add: true,
                     unpack: a.unpack.unwrap_or(true),
                 };
-                self.exec_copy(ctx, state, &args, plan, &step_root)?;
+                Self::exec_copy(ctx, state, &args, plan, &step_root)?;
                 format!("/bin/sh -c #(nop) {}", ins.original)
             }
             _ => unreachable!("only layer steps get here"),
@@ -870,28 +871,25 @@ impl Builder {
         let mut out = String::new();
         for m in &r.mounts {
             if let MountSpec::Bind { source, from, .. } = m {
-                match from {
-                    Some(f) => {
-                        let (_, k) = self.source_layers(ctx, f, deps)?;
-                        out.push_str(&k);
+                if let Some(f) = from {
+                    let (_, k) = self.source_layers(ctx, f, deps)?;
+                    out.push_str(&k);
+                } else {
+                    let src = source.as_deref().unwrap_or("/");
+                    if fsops::escapes(src.trim_start_matches('/')) {
+                        return Err(Error::OutsideContext(src.to_string()));
                     }
-                    None => {
-                        let src = source.as_deref().unwrap_or("/");
-                        if fsops::escapes(src.trim_start_matches('/')) {
-                            return Err(Error::OutsideContext(src.to_string()));
-                        }
-                        let root = Root::open(&ctx.context)?;
-                        let rel = fsops::clean_in_root(src);
-                        let p = root
-                            .resolve(&rel)?
-                            .ok_or_else(|| Error::NotFound(src.to_string()))?;
-                        let mut h = sha2::Sha256::new();
-                        let ig = &ctx.ignore;
-                        fsops::checksum_tree(&p, &mut h, &|x| {
-                            ig.is_excluded(&rel.join(x).to_string_lossy())
-                        })?;
-                        out.push_str(&hex::encode(h.finalize()));
-                    }
+                    let root = Root::open(&ctx.context)?;
+                    let rel = fsops::clean_in_root(src);
+                    let p = root
+                        .resolve(&rel)?
+                        .ok_or_else(|| Error::NotFound(src.to_string()))?;
+                    let mut h = sha2::Sha256::new();
+                    let ig = &ctx.ignore;
+                    fsops::checksum_tree(&p, &mut h, &|x| {
+                        ig.is_excluded(&rel.join(x).to_string_lossy())
+                    })?;
+                    out.push_str(&hex::encode(h.finalize()));
                 }
             }
         }
@@ -944,7 +942,7 @@ impl Builder {
         fs::create_dir_all(&bundle).map_err(io_err("create directory", &bundle))?;
         let mut mounts = Vec::new();
         let mut held: Vec<Mounted> = Vec::new();
-        let mut _keep: Vec<TempSnapshot> = Vec::new();
+        let mut keep_dirs: Vec<TempSnapshot> = Vec::new();
         let args = match &r.program {
             RunProgram::Exec(v) => v.clone(),
             RunProgram::Shell(s) => {
@@ -961,7 +959,6 @@ impl Builder {
                     .collect();
                 let f = dir.join(&safe);
                 fs::write(&f, content).map_err(io_err("write", &f))?;
-                use std::os::unix::fs::PermissionsExt;
                 fs::set_permissions(&f, fs::Permissions::from_mode(0o755))
                     .map_err(io_err("chmod", &f))?;
                 let dest = format!("/dev/.heredoc/{safe}");
@@ -1019,8 +1016,8 @@ impl Builder {
                                 ),
                                 &mp,
                             )?;
-                            _keep.push(up);
-                            _keep.push(wk);
+                            keep_dirs.push(up);
+                            keep_dirs.push(wk);
                             held.push(Mounted { path: mp.clone() });
                             mp
                         } else {
@@ -1064,7 +1061,6 @@ impl Builder {
                             let tmp = dir.with_extension("new");
                             let _ = fs::remove_dir_all(&tmp);
                             fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
-                            use std::os::unix::fs::PermissionsExt;
                             fs::set_permissions(&tmp, fs::Permissions::from_mode(*mode))
                                 .map_err(io_err("chmod", &tmp))?;
                             std::os::unix::fs::chown(&tmp, Some(*uid), Some(*gid))
@@ -1156,7 +1152,7 @@ impl Builder {
     fn plan_copy(
         &self,
         ctx: &Ctx,
-        kind: CopyKind,
+        kind: &CopyKind,
         sources: &[SourceSpec],
         from: Option<&str>,
         excludes: &[String],
@@ -1199,7 +1195,7 @@ impl Builder {
                     if matches!(kind, CopyKind::Add(_))
                         && dockerfile::add_source_kind(p) == dockerfile::AddSourceKind::Url =>
                 {
-                    let CopyKind::Add(checksum) = &kind else {
+                    let CopyKind::Add(checksum) = kind else {
                         unreachable!()
                     };
                     let file = ctx.tmp.join(format!(
@@ -1284,7 +1280,6 @@ impl Builder {
     }
 
     fn exec_copy(
-        &self,
         ctx: &Ctx,
         state: &State,
         args: &CopyArgs,
@@ -1346,7 +1341,6 @@ impl Builder {
                     fsops::remove_entry(&dst)?;
                     fs::write(&dst, content).map_err(io_err("write", &dst))?;
                     let mode = args.chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false));
-                    use std::os::unix::fs::PermissionsExt;
                     fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
                         .map_err(io_err("chmod", &dst))?;
                     std::os::unix::fs::lchown(&dst, Some(owner.0), Some(owner.1))
@@ -1441,7 +1435,6 @@ impl Builder {
                             let (u, g, m) = map(&host.metadata().map_err(io_err("stat", host))?);
                             std::os::unix::fs::lchown(&dst, Some(u), Some(g))
                                 .map_err(io_err("chown", &dst))?;
-                            use std::os::unix::fs::PermissionsExt;
                             fs::set_permissions(&dst, fs::Permissions::from_mode(m))
                                 .map_err(io_err("chmod", &dst))?;
                         }
@@ -1580,6 +1573,30 @@ impl Builder {
     }
 }
 
+/// Collects a stream into 1 MiB chunks for the compressor.
+struct Chunker {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+impl Write for Chunker {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+            self.tx
+                .send(chunk)
+                .map_err(|_| io::Error::other("compressor stopped"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Tar an upper directory (whiteouts as `.wh.` entries) and gzip it into
 /// a content-store writer. The tar is produced and hashed on this thread
 /// and compressed on another, so the two overlap.
@@ -1597,28 +1614,6 @@ fn compress_tree(
         parallel_gzip(rx, &mut w)?;
         w.into_inner().map_err(io::IntoInnerError::into_error)
     });
-    struct Chunker {
-        tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-        buf: Vec<u8>,
-    }
-    impl Write for Chunker {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.buf.extend_from_slice(b);
-            if self.buf.len() >= 1 << 20 {
-                self.flush()?;
-            }
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            if !self.buf.is_empty() {
-                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
-                self.tx
-                    .send(chunk)
-                    .map_err(|_| io::Error::other("compressor stopped"))?;
-            }
-            Ok(())
-        }
-    }
     let mut hw = HashingWriter::new(
         Chunker {
             tx,
@@ -1918,7 +1913,6 @@ fn apply_metadata(
             let joined = abs_in(&prev, w);
             rc.working_dir = Some(format!("/{}", fsops::clean_in_root(&joined).display()));
         }
-        Step::Arg(_) => record = false,
         Step::Onbuild(t) => {
             let mut list: Vec<String> = rc
                 .extra
@@ -1959,7 +1953,7 @@ fn apply_metadata(
         Step::Shell(v) => {
             rc.extra.insert("Shell".into(), serde_json::json!(v));
         }
-        Step::Run(_) | Step::Copy(_) | Step::Add(_) => record = false,
+        Step::Arg(_) | Step::Run(_) | Step::Copy(_) | Step::Add(_) => record = false,
     }
     if record {
         config.created = Some(now.to_string());
@@ -2002,19 +1996,21 @@ fn fetch(url: &str, dest: &Path) -> Result<String> {
     } else {
         format!("{hostport}:80")
     };
-    let mut s = std::net::TcpStream::connect(&addr).map_err(|e| fail(e.to_string()))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+    let mut stream = std::net::TcpStream::connect(&addr).map_err(|e| fail(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .map_err(|e| fail(e.to_string()))?;
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: vessel-builder\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(request.as_bytes())
+    stream
+        .write_all(request.as_bytes())
         .map_err(|e| fail(e.to_string()))?;
-    let mut r = io::BufReader::new(s);
+    let mut reader = io::BufReader::new(stream);
     let mut head = Vec::new();
     loop {
         let mut line = String::new();
-        let n = io::BufRead::read_line(&mut r, &mut line).map_err(|e| fail(e.to_string()))?;
+        let n = io::BufRead::read_line(&mut reader, &mut line).map_err(|e| fail(e.to_string()))?;
         if n == 0 || line == "\r\n" || line == "\n" {
             break;
         }
@@ -2031,18 +2027,18 @@ fn fetch(url: &str, dest: &Path) -> Result<String> {
     if status != 200 {
         return Err(fail(format!("server answered {status}")));
     }
-    let mut f = fs::File::create(dest).map_err(io_err("create", dest))?;
-    let mut h = sha2::Sha256::new();
+    let mut file = fs::File::create(dest).map_err(io_err("create", dest))?;
+    let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = r.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+        let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
-        f.write_all(&buf[..n]).map_err(io_err("write", dest))?;
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(io_err("write", dest))?;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -2052,9 +2048,7 @@ fn dir_size(p: &Path) -> u64 {
     if !m.is_dir() {
         return m.len();
     }
-    fs::read_dir(p)
-        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
-        .unwrap_or(0)
+    fs::read_dir(p).map_or(0, |rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
 }
 
 #[cfg(test)]

@@ -265,10 +265,7 @@ fn copy_entry(
 
 fn set_mtime(p: &Path, meta: &fs::Metadata) {
     let t = filetime(meta.mtime(), meta.mtime_nsec());
-    let c = match sys::cstr(p) {
-        Ok(c) => c,
-        Err(_) => return,
-    };
+    let Ok(c) = sys::cstr(p) else { return };
     let times = [t, t];
     // SAFETY: `c` is a valid C string and `times` two valid timespecs for the call.
     unsafe {
@@ -567,12 +564,9 @@ mod tests {
         .unwrap();
         assert!(!outside.join("pwned").exists());
         assert!(!dir.path().join("pwned2").exists());
-        // Both landed inside the root, where the symlinks resolve to.
-        assert!(
-            root.join(outside.strip_prefix("/").unwrap())
-                .join("pwned")
-                .exists()
-        );
+        // Both landed inside the root: the dangling link was replaced by a
+        // directory, the climbing one resolves to the root itself.
+        assert!(root.join("evil/pwned").exists());
         assert!(root.join("pwned2").exists());
     }
 

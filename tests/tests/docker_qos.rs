@@ -279,6 +279,9 @@ fn device_read_bps_and_network_rate() {
         (1.6..=2.4).contains(&rate),
         "{rate:.2} MB/s against a 2 MB/s limit"
     );
+    // stats counts the container's traffic (from its veth).
+    let io = d.ok(&["stats", "--no-stream", "--format", "{{.NetIO}}", "slow"]);
+    assert!(io.contains("MB /"), "{io}");
     d.ok(&["rm", "-f", "srv", "slow", "fast"]);
     d.ok(&["network", "rm", &net]);
 }

@@ -71,7 +71,33 @@ impl Engine {
         } else {
             s.memory.usage.limit
         };
+        // Interface counters from the host end of each veth: what the host
+        // end sends the container receives.
+        let mut networks = serde_json::Map::new();
+        if let Ok(net) = self.network() {
+            for (_, ep) in net.of_container(&id).await.0 {
+                let dir = std::path::Path::new("/sys/class/net")
+                    .join(&ep.host_veth)
+                    .join("statistics");
+                let n = |f: &str| -> u64 {
+                    std::fs::read_to_string(dir.join(f))
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                networks.insert(
+                    ep.ifname.clone(),
+                    json!({
+                        "rx_bytes": n("tx_bytes"), "rx_packets": n("tx_packets"),
+                        "rx_errors": n("tx_errors"), "rx_dropped": n("tx_dropped"),
+                        "tx_bytes": n("rx_bytes"), "tx_packets": n("rx_packets"),
+                        "tx_errors": n("rx_errors"), "tx_dropped": n("rx_dropped"),
+                    }),
+                );
+            }
+        }
         Ok(json!({
+            "networks": networks,
             "read": read,
             "preread": "0001-01-01T00:00:00Z",
             "name": format!("/{name}"),

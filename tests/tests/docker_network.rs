@@ -327,3 +327,75 @@ fn daemon_restart_keeps_published_ports_without_duplicate_rules() {
     assert!(ip.contains("inet "), "{ip}");
     d.ok(&["rm", "-f", "srv"]);
 }
+
+/// A virtual environment with testcontainers-python, made once per target
+/// directory (from PyPI, like the other Python clients of the suite).
+fn testcontainers_env() -> Option<std::path::PathBuf> {
+    use std::process::{Command, Stdio};
+    let dir = vessel_testkit::fixtures_dir().join("testcontainers-venv");
+    let python = dir.join("bin/python3");
+    vessel_testkit::with_lock(
+        &vessel_testkit::fixtures_dir().join("testcontainers.lock"),
+        || {
+            let ready = dir.join(".ready");
+            if ready.exists() {
+                return;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success())
+                && Command::new(dir.join("bin/pip"))
+                    .args(["install", "--quiet", "testcontainers==4.15.0"])
+                    .stdin(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if ok {
+                std::fs::write(&ready, b"").unwrap();
+            }
+        },
+    );
+    dir.join(".ready").exists().then_some(python)
+}
+
+const TESTCONTAINERS_SCRIPT: &str = r#"
+import urllib.request
+from testcontainers.core.container import DockerContainer
+c = DockerContainer("busybox:latest").with_command("httpd -f -p 80 -h /etc").with_exposed_ports(80)
+with c:
+    host = c.get_container_host_ip()
+    port = c.get_exposed_port(80)
+    body = urllib.request.urlopen(f"http://{host}:{port}/hostname", timeout=20).read().decode()
+    print("hostname", body.strip())
+"#;
+
+#[test]
+fn testcontainers_python_reaches_a_published_port() {
+    need!();
+    let python = testcontainers_env();
+    vessel_testkit::require!(
+        python.is_some(),
+        "testcontainers-python could not be installed"
+    );
+    let d = Daemon::start("net-tc");
+    d.load_busybox();
+    let out = std::process::Command::new(python.unwrap())
+        .args(["-c", TESTCONTAINERS_SCRIPT])
+        .env("DOCKER_HOST", format!("unix://{}", d.sock.display()))
+        .env("TESTCONTAINERS_RYUK_DISABLED", "true")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let name = stdout.trim().strip_prefix("hostname ").unwrap_or_default();
+    assert_eq!(name.len(), 12, "{stdout}");
+    // The container is gone again, and so are its ports.
+    assert_eq!(d.ok(&["ps", "-aq"]).trim(), "");
+}

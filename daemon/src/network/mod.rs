@@ -427,7 +427,14 @@ impl Manager {
             return Ok(());
         }
         let _lock = subnet_lock()?;
-        let exists = self.nl.index(&n.bridge).await?.is_some();
+        let mut exists = self.nl.index(&n.bridge).await?.is_some();
+        if exists && n.subnet.is_none() {
+            // A device by our name but no record of its subnet: left by a
+            // daemon whose state is gone. Start it afresh.
+            tracing::info!(bridge = %n.bridge, "replacing a bridge with no record");
+            self.nl.delete(&n.bridge).await?;
+            exists = false;
+        }
         if !exists {
             let mut used: Vec<Subnet> = self
                 .nl

@@ -16,6 +16,8 @@
 #   bench/daemon/run.sh [--runs N] [--parallel N] [--idle N] [--results DIR]
 #                       [--skip docker,podman] [--no-build]
 #
+# podman runs with runc (crun 1.8 refuses hybrid cgroup hosts).
+#
 # Needs root. Installs docker.io, podman, conmon, crun, hyperfine and jq with
 # apt-get when missing; starts dockerd and vesseld on private directories and
 # sockets and removes everything on exit (also on Ctrl-C).
@@ -101,9 +103,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# crun refuses hybrid cgroup hosts; runc works on all of them.
 podman_() {
     podman --root "$work/podman/root" --runroot "$work/podman/run" \
-        --cgroup-manager cgroupfs --events-backend none "$@"
+        --cgroup-manager cgroupfs --events-backend none --runtime runc "$@"
 }
 
 image=$repo/target/fixtures/busybox-image.tar
@@ -165,7 +168,7 @@ for net in default none; do
     add "vessel $net" "$bin/vessel -H unix://$work/vd.sock run --rm $flag busybox true"
     add "docker>vd $net" "env $vd docker run --rm $flag busybox true"
     skipped docker || add "docker $net" "env DOCKER_HOST=unix://$work/dd.sock docker run --rm $flag busybox true"
-    skipped podman || add "podman $net" "podman --root $work/podman/root --runroot $work/podman/run --cgroup-manager cgroupfs --events-backend none run --rm $flag busybox true"
+    skipped podman || add "podman $net" "podman --root $work/podman/root --runroot $work/podman/run --cgroup-manager cgroupfs --events-backend none --runtime runc run --rm $flag busybox true"
 done
 
 args=()

@@ -31,6 +31,7 @@ pub mod spec;
 pub mod state;
 mod sync;
 mod sys;
+pub mod vm;
 
 pub use error::{Error, Result};
 pub use process::DEFAULT_PATH;

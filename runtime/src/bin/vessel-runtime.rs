@@ -489,6 +489,12 @@ fn run(cli: Cli) -> Result<u8> {
 fn run_container(root: &Root, a: &RunArgs, rootless: bool) -> Result<u8> {
     let mut opts = create_options(&a.create, rootless);
     let bundle = spec::load_bundle(&opts.bundle)?;
+    if vessel_runtime::vm::wants_vm(&bundle.spec) {
+        if a.detach {
+            bail!("a microVM container runs in the foreground here; detached, it needs a shim (vessel-shim)");
+        }
+        return run_vm(&bundle, &opts.id);
+    }
     let terminal = bundle
         .spec
         .process()
@@ -527,6 +533,32 @@ fn run_container(root: &Root, a: &RunArgs, rootless: bool) -> Result<u8> {
         }
     }
     Ok(code?.clamp(0, 255) as u8)
+}
+
+/// `run` for a bundle that asks for a microVM: boot it, run the process
+/// with our stdio, power it off, exit with the process's code.
+fn run_vm(bundle: &spec::Bundle, id: &str) -> Result<u8> {
+    use vessel_runtime::vm;
+    let plan = vm::plan(bundle, id)?;
+    let work = std::env::temp_dir().join(format!("vessel-vm-{id}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+    let booted = vm::boot(&plan, &work);
+    let result = booted.map_err(anyhow::Error::from).and_then(|b| {
+        let mut client = vessel_agent::host::Client::new(b.channel)?;
+        let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
+        let exit = client.run(
+            b.start,
+            Some(stdin),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        );
+        drop(client);
+        let outcome = b.sandbox.wait();
+        tracing::debug!(exit = ?outcome.exit, "vm ended");
+        Ok(exit?)
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(result?.code.clamp(0, 255) as u8)
 }
 
 fn exec_process(root: &Root, a: &ExecArgs) -> Result<Process> {

@@ -13,9 +13,17 @@
 //! records the exit status (with OOM kills) in `exit.json`. It stays
 //! single-threaded so the runtime library may fork from it.
 //!
+//! When the bundle asks for a microVM (`crate::vm`), the shim boots the
+//! monitor in its own process instead of creating namespaces (one monitor
+//! per container), and multiplexes the agent's channel into the same event
+//! loop: the agent's output frames feed the log and the attach clients,
+//! exec becomes the agent's `Exec`, signals its `Signal`, and `SIGKILL`
+//! (the end of a stop timeout) kills the VM.
+//!
 //! It does not decide restart policies, health checks or anything about
 //! images: the daemon does.
 
+pub mod client;
 pub mod logfile;
 pub mod protocol;
 
@@ -33,6 +41,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use vessel_agent::host::MAIN_ID;
+use vessel_agent::protocol::{Decoder, MAX_DATA, Message, StartRequest};
+
 use crate::container::{self, CreateOptions, ExecOptions};
 use crate::state::Root;
 use crate::sys;
@@ -43,6 +54,11 @@ use protocol::{ExitStatus, Kind, Request, Response, ShimConfig};
 const BACKLOG_LIMIT: usize = 4 << 20;
 /// After the init exits, how long to wait for its output to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// Exec'd processes in a VM are named by agent process ids from here up
+/// (above any PID, so they never collide with the init's key).
+const VM_EXEC_BASE: u32 = 0x4000_0000;
+/// How long a VM may take to power off after the shim asked it to.
+const VM_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the launcher prints on success.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -149,6 +165,8 @@ struct Proc {
     exit: Option<i32>,
     /// For exec'd processes: the connection that asked for it.
     conn: Option<u64>,
+    /// Runs on a terminal (in a VM, where there is no master here).
+    tty: bool,
 }
 
 impl Proc {
@@ -186,6 +204,40 @@ enum Token {
     Output { pid: i32, idx: usize },
     Stdin { pid: i32 },
     Conn(u64),
+    Agent,
+}
+
+/// The microVM side of a shim: the monitor and the agent's channel.
+struct VmSide {
+    sandbox: Option<vessel_vmm::Sandbox>,
+    stream: UnixStream,
+    decoder: Decoder,
+    outbuf: Vec<u8>,
+    /// The start request, until the daemon says start.
+    start: Option<StartRequest>,
+    next_exec: u32,
+    /// Agent process ids whose `Started` a connection waits for, and
+    /// whether that process keeps its stdin.
+    pending: HashMap<u32, (u64, bool)>,
+    eof: bool,
+    /// The shim killed the VM (SIGKILL, or the shim itself was told to stop).
+    killed: bool,
+    /// Why the container ended without an exit status.
+    error: Option<String>,
+    own_image: Option<std::path::PathBuf>,
+}
+
+impl VmSide {
+    fn send(&mut self, m: &Message) {
+        self.outbuf.extend_from_slice(&m.encode());
+    }
+
+    fn kill(&mut self) {
+        self.killed = true;
+        if let Some(s) = &self.sandbox {
+            s.vm().kill();
+        }
+    }
 }
 
 struct Shim {
@@ -201,6 +253,7 @@ struct Shim {
     log: Option<logfile::JsonLog>,
     init_exited_at: Option<Instant>,
     stdin_attached: bool,
+    vm: Option<VmSide>,
 }
 
 fn nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
@@ -351,22 +404,39 @@ impl Shim {
                 cfg.tty
             ));
         }
-        let mut plumbing = plumbing(cfg.tty, cfg.open_stdin)?;
-        let opts = CreateOptions {
-            id: cfg.id.clone(),
-            bundle: cfg.bundle.clone(),
-            console_fd: plumbing
-                .console
-                .as_ref()
-                .map(|(_, theirs)| theirs.try_clone())
-                .transpose()
-                .map_err(|e| e.to_string())?,
-            stdio: plumbing.stdio.take(),
-            ..CreateOptions::default()
+        let (init, cgroup_path, vm) = if crate::vm::wants_vm(&bundle.spec) {
+            let (init, vm) = start_vm(&cfg, &bundle)?;
+            (init, String::new(), Some(vm))
+        } else {
+            let mut plumbing = plumbing(cfg.tty, cfg.open_stdin)?;
+            let opts = CreateOptions {
+                id: cfg.id.clone(),
+                bundle: cfg.bundle.clone(),
+                console_fd: plumbing
+                    .console
+                    .as_ref()
+                    .map(|(_, theirs)| theirs.try_clone())
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+                stdio: plumbing.stdio.take(),
+                ..CreateOptions::default()
+            };
+            let state = container::create(&root, &opts).map_err(|e| e.chain())?;
+            drop(opts);
+            let master = finish_plumbing(&mut plumbing)?;
+            let init = Proc {
+                pid: state.pid,
+                outputs: plumbing.outputs,
+                stdin: plumbing.stdin,
+                stdin_buf: Vec::new(),
+                close_stdin_after_flush: false,
+                master,
+                exit: None,
+                conn: None,
+                tty: cfg.tty,
+            };
+            (init, state.cgroup_path.clone(), None)
         };
-        let state = container::create(&root, &opts).map_err(|e| e.chain())?;
-        drop(opts);
-        let master = finish_plumbing(&mut plumbing)?;
 
         let sock = cfg.state_dir.join(protocol::SOCKET);
         let _ = std::fs::remove_file(&sock);
@@ -384,20 +454,12 @@ impl Shim {
             }
             None => None,
         };
-        nix::unistd::write(ready, format!("ok {}\n", state.pid).as_bytes())
+        nix::unistd::write(ready, format!("ok {}\n", init.pid).as_bytes())
             .map_err(|e| e.to_string())?;
         Ok(Shim {
-            cgroup_path: state.cgroup_path.clone(),
-            init: Proc {
-                pid: state.pid,
-                outputs: plumbing.outputs,
-                stdin: plumbing.stdin,
-                stdin_buf: Vec::new(),
-                close_stdin_after_flush: false,
-                master,
-                exit: None,
-                conn: None,
-            },
+            cgroup_path,
+            init,
+            vm,
             cfg,
             root,
             listener,
@@ -454,6 +516,7 @@ impl Shim {
                     Token::Output { pid, idx } => self.read_output(pid, idx),
                     Token::Stdin { pid } => self.flush_stdin(pid),
                     Token::Conn(id) => self.conn_event(id, revents),
+                    Token::Agent => self.agent_event(revents),
                 }
             }
             self.reap_execs();
@@ -494,6 +557,18 @@ impl Shim {
                     fd.as_raw_fd(),
                     PollFlags::POLLOUT,
                 ));
+            }
+        }
+        if let Some(vm) = &self.vm {
+            let mut ev = PollFlags::empty();
+            if !vm.eof && !backlogged {
+                ev |= PollFlags::POLLIN;
+            }
+            if !vm.eof && !vm.outbuf.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            if !ev.is_empty() {
+                out.push((Token::Agent, vm.stream.as_raw_fd(), ev));
             }
         }
         for (id, c) in &self.conns {
@@ -539,7 +614,12 @@ impl Shim {
                 self.reap();
             } else if self.init.exit.is_none() {
                 // Asked to stop: take the container down with us.
-                let _ = sys::kill(self.init.pid, libc::SIGKILL);
+                match &mut self.vm {
+                    Some(vm) => vm.kill(),
+                    None => {
+                        let _ = sys::kill(self.init.pid, libc::SIGKILL);
+                    }
+                }
             }
         }
     }
@@ -591,7 +671,12 @@ impl Shim {
             }
         };
         let conn = p.conn;
-        let data = &buf[..n];
+        self.deliver(is_init, conn, kind, &buf[..n]);
+    }
+
+    /// Output of a process: the init's goes to the log and the attach
+    /// clients, an exec'd one's to the connection that asked for it.
+    fn deliver(&mut self, is_init: bool, conn: Option<u64>, kind: Kind, data: &[u8]) {
         if is_init {
             if let Some(log) = &mut self.log {
                 log.write(kind == Kind::Stderr, data);
@@ -730,6 +815,10 @@ impl Shim {
             self.conns.get(&id).map(|c| c.mode),
             Some(Mode::Attach { stdin: true, .. } | Mode::Exec { .. })
         );
+        if self.vm.is_some() {
+            self.vm_client_frame(pid, attach_stdin, kind, payload);
+            return;
+        }
         let Some(p) = self.proc_mut(pid) else { return };
         match kind {
             Kind::Stdin if attach_stdin && p.stdin.is_some() => {
@@ -772,11 +861,50 @@ impl Shim {
             code,
             oom_killed: false,
             finished_at_ns: now_ns(),
+            error: self.vm.as_ref().and_then(|v| v.error.clone()),
         })
     }
 
     fn handle(&mut self, id: u64, req: Request) {
+        if self.vm.is_some() {
+            match req {
+                Request::Start => return self.vm_start(id),
+                Request::Exec { process, stdin } => return self.vm_exec(id, &process, stdin),
+                Request::Resize { rows, cols } => {
+                    self.vm_send(&Message::Resize {
+                        id: MAIN_ID,
+                        rows,
+                        cols,
+                    });
+                    self.reply(id, &Response::default(), Mode::Closing);
+                    return;
+                }
+                Request::Signal { signal } => {
+                    self.vm_signal(signal);
+                    self.reply(id, &Response::default(), Mode::Closing);
+                    return;
+                }
+                _ => {}
+            }
+        }
         match req {
+            Request::Signal { signal } => {
+                let resp = if self.init.exit.is_some() {
+                    Response {
+                        error: Some("container not running".into()),
+                        ..Response::default()
+                    }
+                } else {
+                    match container::kill(&self.root, &self.cfg.id, signal, false) {
+                        Ok(()) => Response::default(),
+                        Err(e) => Response {
+                            error: Some(e.chain()),
+                            ..Response::default()
+                        },
+                    }
+                };
+                self.reply(id, &resp, Mode::Closing);
+            }
             Request::Start => {
                 let resp = match container::start(&self.root, &self.cfg.id) {
                     Ok(()) => Response {
@@ -812,24 +940,6 @@ impl Shim {
                     },
                 );
             }
-            Request::Exec { process, stdin } => match self.exec(id, process, stdin) {
-                Ok(pid) => self.reply(
-                    id,
-                    &Response {
-                        pid: Some(pid),
-                        ..Response::default()
-                    },
-                    Mode::Exec { pid },
-                ),
-                Err(e) => self.reply(
-                    id,
-                    &Response {
-                        error: Some(e),
-                        ..Response::default()
-                    },
-                    Mode::Closing,
-                ),
-            },
             Request::Wait => {
                 // Answered in `finish` once the container has exited.
                 if let Some(c) = self.conns.get_mut(&id) {
@@ -851,6 +961,24 @@ impl Shim {
                 }
                 self.reply(id, &Response::default(), Mode::Closing);
             }
+            Request::Exec { process, stdin } => match self.exec(id, process, stdin) {
+                Ok(pid) => self.reply(
+                    id,
+                    &Response {
+                        pid: Some(pid),
+                        ..Response::default()
+                    },
+                    Mode::Exec { pid },
+                ),
+                Err(e) => self.reply(
+                    id,
+                    &Response {
+                        error: Some(e),
+                        ..Response::default()
+                    },
+                    Mode::Closing,
+                ),
+            },
         }
     }
 
@@ -893,6 +1021,7 @@ impl Shim {
                 master,
                 exit: None,
                 conn: Some(conn),
+                tty,
             },
         );
         Ok(pid)
@@ -914,6 +1043,7 @@ impl Shim {
                 code: p.exit.unwrap_or(-1),
                 oom_killed: false,
                 finished_at_ns: now_ns(),
+                error: None,
             };
             if let Some(c) = p.conn.and_then(|id| self.conns.get_mut(&id)) {
                 if let Ok(json) = serde_json::to_vec(&status) {
@@ -927,8 +1057,9 @@ impl Shim {
     fn drop_conn(&mut self, id: u64) {
         if let Some(c) = self.conns.remove(&id) {
             if let Mode::Attach { stdin: true, .. } = c.mode {
-                if self.cfg.stdin_once && self.init.master.is_none() {
+                if self.cfg.stdin_once && !self.init.tty {
                     self.init.stdin = None;
+                    self.vm_send(&Message::StdinClose { id: MAIN_ID });
                 }
             }
         }
@@ -951,14 +1082,23 @@ impl Shim {
         if let Some(log) = &mut self.log {
             log.flush();
         }
-        let oom_killed = crate::cgroups::oom_kills(&self.cgroup_path) > 0;
-        if let Err(e) = container::delete(&self.root, &self.cfg.id, true) {
-            tracing::warn!(error = %e.chain(), "delete container");
-        }
+        let mut error = None;
+        let oom_killed = if let Some(vm) = self.vm.take() {
+            error = vm.error.clone();
+            stop_vm(vm);
+            false
+        } else {
+            let oom = crate::cgroups::oom_kills(&self.cgroup_path) > 0;
+            if let Err(e) = container::delete(&self.root, &self.cfg.id, true) {
+                tracing::warn!(error = %e.chain(), "delete container");
+            }
+            oom
+        };
         let status = ExitStatus {
             code: self.init.exit.unwrap_or(-1),
             oom_killed,
             finished_at_ns: now_ns(),
+            error,
         };
         let path = self.cfg.state_dir.join(protocol::EXIT_FILE);
         let tmp = self.cfg.state_dir.join(".exit.json.tmp");
@@ -1003,6 +1143,383 @@ impl Shim {
         };
         let mut fds = [PollFd::new(o.fd.as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+}
+
+/// In the forked shim: boot the container's VM and wait for its agent.
+/// The init's key is the shim's own PID (the process that holds the VM).
+fn start_vm(
+    cfg: &ShimConfig,
+    bundle: &crate::spec::Bundle,
+) -> std::result::Result<(Proc, VmSide), String> {
+    let chain = |e: &dyn std::error::Error| {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    };
+    let plan = crate::vm::plan(bundle, &cfg.id).map_err(|e| chain(&e))?;
+    let booted = crate::vm::boot(&plan, &cfg.state_dir).map_err(|e| chain(&e))?;
+    tracing::info!(kernel = %booted.ready.kernel, mem_mib = plan.mem_mib, vcpus = plan.vcpus, "vm ready");
+    booted
+        .channel
+        .set_nonblocking(true)
+        .map_err(|e| format!("agent channel: {e}"))?;
+    let init = Proc {
+        pid: std::process::id() as i32,
+        outputs: Vec::new(),
+        stdin: None,
+        stdin_buf: Vec::new(),
+        close_stdin_after_flush: false,
+        master: None,
+        exit: None,
+        conn: None,
+        tty: plan.start.process.terminal,
+    };
+    let vm = VmSide {
+        sandbox: Some(booted.sandbox),
+        stream: booted.channel,
+        decoder: Decoder::new(),
+        outbuf: Vec::new(),
+        start: Some(booted.start),
+        next_exec: VM_EXEC_BASE,
+        pending: HashMap::new(),
+        eof: false,
+        killed: false,
+        error: None,
+        own_image: booted.own_image,
+    };
+    Ok((init, vm))
+}
+
+/// Power the VM off: ask the agent (it kills what still runs, syncs and
+/// resets), and kill the VM if it has not ended within the limit.
+fn stop_vm(mut vm: VmSide) {
+    if !vm.eof {
+        vm.send(&Message::Shutdown);
+        let _ = vm.stream.set_nonblocking(false);
+        let _ = vm.stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = vm.stream.write_all(&vm.outbuf);
+    }
+    if let Some(sandbox) = vm.sandbox.take() {
+        let stopper = sandbox.vm().stopper();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(VM_SHUTDOWN_LIMIT).is_err() {
+                stopper.kill();
+            }
+        });
+        let outcome = sandbox.wait();
+        let _ = tx.send(());
+        tracing::info!(exit = ?outcome.exit, elapsed = ?outcome.elapsed, "vm ended");
+    }
+    if let Some(image) = &vm.own_image {
+        let _ = std::fs::remove_file(image);
+    }
+}
+
+impl Shim {
+    fn vm_send(&mut self, m: &Message) {
+        if let Some(vm) = &mut self.vm {
+            vm.send(m);
+        }
+    }
+
+    /// The agent's process id for a shim process key.
+    fn agent_id(&self, key: i32) -> u32 {
+        if key == self.init.pid {
+            MAIN_ID
+        } else {
+            key as u32
+        }
+    }
+
+    /// The shim process key for an agent process id.
+    fn proc_key(&self, id: u32) -> i32 {
+        if id == MAIN_ID {
+            self.init.pid
+        } else {
+            id as i32
+        }
+    }
+
+    fn agent_event(&mut self, revents: PollFlags) {
+        if revents.contains(PollFlags::POLLOUT) {
+            if let Some(vm) = &mut self.vm {
+                match vm.stream.write(&vm.outbuf) {
+                    Ok(n) => {
+                        vm.outbuf.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => vm.outbuf.clear(),
+                }
+            }
+        }
+        if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            self.agent_read();
+        }
+    }
+
+    fn agent_read(&mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let Some(vm) = &mut self.vm else { return };
+        match vm.stream.read(&mut buf) {
+            Ok(0) => return self.agent_gone(),
+            Ok(n) => vm.decoder.feed(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "agent channel");
+                return self.agent_gone();
+            }
+        }
+        loop {
+            let Some(vm) = &mut self.vm else { return };
+            match vm.decoder.next_message() {
+                Ok(Some(m)) => self.agent_message(m),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame from the agent");
+                    if let Some(vm) = &mut self.vm {
+                        vm.error = Some(format!("the agent sent a bad frame: {e}"));
+                        vm.kill();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn agent_message(&mut self, m: Message) {
+        match m {
+            Message::Started { id, .. } => {
+                let key = self.proc_key(id);
+                let Some((conn, stdin)) = self.vm.as_mut().and_then(|vm| vm.pending.remove(&id))
+                else {
+                    return;
+                };
+                if !stdin && !self.proc_mut(key).is_some_and(|p| p.tty) {
+                    self.vm_send(&Message::StdinClose { id });
+                }
+                let mode = if id == MAIN_ID {
+                    Mode::Closing
+                } else {
+                    Mode::Exec { pid: key }
+                };
+                self.reply(
+                    conn,
+                    &Response {
+                        pid: Some(key),
+                        ..Response::default()
+                    },
+                    mode,
+                );
+            }
+            Message::Stdout { id, data } => self.vm_output(id, Kind::Stdout, &data),
+            Message::Stderr { id, data } => self.vm_output(id, Kind::Stderr, &data),
+            Message::Exited { id, exit } => {
+                let key = self.proc_key(id);
+                self.exited(key, exit.code);
+            }
+            Message::Error { id, message } => {
+                tracing::warn!(id, message, "agent error");
+                let pending = self.vm.as_mut().and_then(|vm| vm.pending.remove(&id));
+                if let Some((conn, _)) = pending {
+                    self.reply(
+                        conn,
+                        &Response {
+                            error: Some(message.clone()),
+                            ..Response::default()
+                        },
+                        Mode::Closing,
+                    );
+                }
+                if id == MAIN_ID || id == 0 {
+                    // The main process never ran (or the root could not be
+                    // built): the container is over.
+                    if self.init.exit.is_none() {
+                        if let Some(vm) = &mut self.vm {
+                            vm.error = Some(message.clone());
+                        }
+                        let code = if message.contains("not found") || message.contains("No such file") {
+                            127
+                        } else {
+                            126
+                        };
+                        self.exited(self.init.pid, code);
+                    }
+                } else {
+                    self.execs.remove(&self.proc_key(id));
+                }
+            }
+            Message::Ready(_) => {}
+            other => tracing::warn!(message = ?other, "unexpected message from the agent"),
+        }
+    }
+
+    fn vm_output(&mut self, id: u32, kind: Kind, data: &[u8]) {
+        if id == MAIN_ID {
+            self.deliver(true, None, kind, data);
+        } else if let Some(p) = self.execs.get(&self.proc_key(id)) {
+            let conn = p.conn;
+            self.deliver(false, conn, kind, data);
+        }
+    }
+
+    /// The channel closed: the VM is gone (killed, or the guest died).
+    fn agent_gone(&mut self) {
+        let Some(vm) = &mut self.vm else { return };
+        vm.eof = true;
+        let killed = vm.killed;
+        let pending: Vec<u64> = vm.pending.drain().map(|(_, (c, _))| c).collect();
+        if self.init.exit.is_none() {
+            let code = if killed {
+                128 + libc::SIGKILL
+            } else {
+                vm.error.get_or_insert_with(|| {
+                    "the VM stopped before the container process exited (did the guest kernel panic?)"
+                        .to_string()
+                });
+                255
+            };
+            tracing::warn!(code, killed, "agent channel closed before the container exited");
+            self.exited(self.init.pid, code);
+        }
+        for p in self.execs.values_mut() {
+            if p.exit.is_none() {
+                p.exit = Some(128 + libc::SIGKILL);
+            }
+        }
+        for conn in pending {
+            self.reply(
+                conn,
+                &Response {
+                    error: Some("container not running".into()),
+                    ..Response::default()
+                },
+                Mode::Closing,
+            );
+        }
+    }
+
+    fn vm_start(&mut self, conn: u64) {
+        let open_stdin = self.cfg.open_stdin;
+        let Some(vm) = &mut self.vm else { return };
+        let Some(request) = vm.start.take() else {
+            return self.reply(
+                conn,
+                &Response {
+                    error: Some("container already started".into()),
+                    ..Response::default()
+                },
+                Mode::Closing,
+            );
+        };
+        vm.send(&Message::Start {
+            id: MAIN_ID,
+            request,
+        });
+        vm.pending.insert(MAIN_ID, (conn, open_stdin));
+    }
+
+    fn vm_exec(&mut self, conn: u64, process: &oci_spec::runtime::Process, stdin: bool) {
+        let spec = match crate::vm::process_spec(process) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.reply(
+                    conn,
+                    &Response {
+                        error: Some(e.to_string()),
+                        ..Response::default()
+                    },
+                    Mode::Closing,
+                );
+            }
+        };
+        let running = self.init.exit.is_none()
+            && self
+                .vm
+                .as_ref()
+                .is_some_and(|vm| vm.start.is_none() && !vm.eof);
+        let Some(vm) = self.vm.as_mut().filter(|_| running) else {
+            return self.reply(
+                conn,
+                &Response {
+                    error: Some("container not running".into()),
+                    ..Response::default()
+                },
+                Mode::Closing,
+            );
+        };
+        let id = vm.next_exec;
+        vm.next_exec += 1;
+        let tty = spec.terminal;
+        vm.send(&Message::Exec { id, process: spec });
+        vm.pending.insert(id, (conn, stdin));
+        self.execs.insert(
+            id as i32,
+            Proc {
+                pid: id as i32,
+                outputs: Vec::new(),
+                stdin: None,
+                stdin_buf: Vec::new(),
+                close_stdin_after_flush: false,
+                master: None,
+                exit: None,
+                conn: Some(conn),
+                tty,
+            },
+        );
+    }
+
+    fn vm_signal(&mut self, signal: i32) {
+        if self.init.exit.is_some() {
+            return;
+        }
+        let Some(vm) = &mut self.vm else { return };
+        if signal == libc::SIGKILL {
+            // Nothing in the guest can refuse this, and a hung guest must
+            // end too: the VM goes, with the container.
+            vm.kill();
+        } else {
+            vm.send(&Message::Signal {
+                id: MAIN_ID,
+                signal,
+            });
+        }
+    }
+
+    fn vm_client_frame(&mut self, key: i32, attach_stdin: bool, kind: Kind, payload: &[u8]) {
+        let id = self.agent_id(key);
+        let tty = self.proc_mut(key).is_some_and(|p| p.tty);
+        match kind {
+            Kind::Stdin if attach_stdin => {
+                for chunk in payload.chunks(MAX_DATA) {
+                    self.vm_send(&Message::Stdin {
+                        id,
+                        data: chunk.to_vec(),
+                    });
+                }
+            }
+            Kind::CloseStdin if attach_stdin => {
+                if tty {
+                    // A terminal has no separate stdin to close; send EOF.
+                    self.vm_send(&Message::Stdin { id, data: vec![4] });
+                } else {
+                    self.vm_send(&Message::StdinClose { id });
+                }
+            }
+            Kind::Resize if payload.len() == 4 => {
+                let rows = u16::from_be_bytes([payload[0], payload[1]]);
+                let cols = u16::from_be_bytes([payload[2], payload[3]]);
+                self.vm_send(&Message::Resize { id, rows, cols });
+            }
+            _ => {}
+        }
     }
 }
 

@@ -84,6 +84,12 @@ pub enum Request {
     Wait,
     /// The container's PID and whether it still runs.
     State,
+    /// Send a signal to the container's process (in a VM, `SIGKILL`
+    /// kills the VM).
+    Signal {
+        /// The signal number.
+        signal: i32,
+    },
     /// Set the terminal size of the container's process.
     Resize {
         /// Rows.
@@ -94,7 +100,7 @@ pub enum Request {
 }
 
 /// How a process ended.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExitStatus {
     /// Exit code, or 128 + signal.
     pub code: i32,
@@ -102,6 +108,10 @@ pub struct ExitStatus {
     pub oom_killed: bool,
     /// Unix time of the exit in nanoseconds.
     pub finished_at_ns: i128,
+    /// Why the container ended without an exit status of its own (a
+    /// microVM whose guest died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A response line.

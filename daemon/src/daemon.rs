@@ -36,6 +36,9 @@ pub struct Options {
     pub network_prefix: Option<String>,
     /// The default bridge's device name (default: the prefix and `0`).
     pub bridge_name: Option<String>,
+    /// Guest kernel and agent initramfs for `--runtime vm`.
+    pub vm_kernel: PathBuf,
+    pub vm_initrd: PathBuf,
 }
 
 /// Holds the pid file (with an exclusive lock) for the daemon's life.
@@ -159,6 +162,8 @@ pub async fn run(o: Options) -> Result<()> {
                 prefix,
             }
         },
+        vm_kernel: o.vm_kernel.clone(),
+        vm_initrd: o.vm_initrd.clone(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;

@@ -148,7 +148,7 @@ pub async fn info(engine: &Arc<Engine>) -> Result<Response<Body>, Error> {
             "Labels": [],
             "ExperimentalBuild": false,
             "ServerVersion": env!("CARGO_PKG_VERSION"),
-            "Runtimes": {"runc": {"path": "vessel-runtime"}},
+            "Runtimes": {"runc": {"path": "vessel-runtime"}, "vessel": {"path": "vessel-runtime"}, "vm": {"path": "vessel-shim", "runtimeArgs": ["microvm"]}},
             "DefaultRuntime": "runc",
             "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false, "Error": "", "RemoteManagers": null},
             "LiveRestoreEnabled": true,

@@ -58,6 +58,12 @@ struct Cli {
     /// vessel0 for the default root).
     #[arg(long)]
     bridge_name: Option<String>,
+    /// Guest kernel for `--runtime vm` (runtime/vmm/guest/build-kernel.sh).
+    #[arg(long, default_value = vessel_runtime::vm::DEFAULT_KERNEL)]
+    vm_kernel: PathBuf,
+    /// Agent initramfs for `--runtime vm` (runtime/vmm/guest/build-initrd.sh).
+    #[arg(long, default_value = vessel_runtime::vm::DEFAULT_INITRD)]
+    vm_initrd: PathBuf,
     /// Log level (error, warn, info, debug, trace).
     #[arg(short = 'l', long, default_value = "info", env = "VESSEL_LOG")]
     log_level: String,
@@ -89,5 +95,7 @@ fn main() -> anyhow::Result<()> {
         registry: cli.registry,
         network_prefix: cli.network_prefix,
         bridge_name: cli.bridge_name,
+        vm_kernel: cli.vm_kernel,
+        vm_initrd: cli.vm_initrd,
     }))
 }

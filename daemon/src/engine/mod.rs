@@ -50,7 +50,17 @@ pub struct Config {
     pub registry: distribution::RegistryOptions,
     /// Networking (names and places).
     pub network: crate::network::Config,
+    /// Guest kernel for `--runtime vm`.
+    pub vm_kernel: PathBuf,
+    /// Agent initramfs for `--runtime vm`.
+    pub vm_initrd: PathBuf,
 }
+
+/// The runtime names `HostConfig.Runtime` accepts; `vm` runs the container
+/// in a microVM (one monitor inside the container's shim).
+pub const RUNTIMES: &[&str] = &["runc", "vessel", RUNTIME_VM];
+/// The microVM runtime's name.
+pub const RUNTIME_VM: &str = "vm";
 
 /// A container in memory: its record and a channel that announces changes
 /// (for `wait`, attach-before-start and `logs --follow`).
@@ -138,6 +148,8 @@ pub struct Engine {
     pub volumes: volumes::Volumes,
     pub registry: distribution::RegistryOptions,
     shim_binary: PathBuf,
+    vm_kernel: PathBuf,
+    vm_initrd: PathBuf,
     containers: RwLock<BTreeMap<String, Arc<Entry>>>,
     /// Container names (without the slash) to IDs.
     names: RwLock<HashMap<String, String>>,
@@ -190,6 +202,8 @@ impl Engine {
             events: events::Bus::default(),
             shim_binary: cfg.shim_binary,
             registry: cfg.registry,
+            vm_kernel: cfg.vm_kernel,
+            vm_initrd: cfg.vm_initrd,
             containers: RwLock::new(BTreeMap::new()),
             names: RwLock::new(HashMap::new()),
             execs: std::sync::Mutex::new(HashMap::new()),
@@ -227,8 +241,11 @@ impl Engine {
                 // Exited (or the machine rebooted) while we were away.
                 let status = shim::read_exit(&shim_dir);
                 c.state.status = Status::Exited;
-                c.state.exit_code = status.map_or(255, |s| s.code);
-                c.state.oom_killed = status.is_some_and(|s| s.oom_killed);
+                c.state.exit_code = status.as_ref().map_or(255, |s| s.code);
+                c.state.oom_killed = status.as_ref().is_some_and(|s| s.oom_killed);
+                if let Some(e) = status.and_then(|s| s.error) {
+                    c.state.error = e;
+                }
                 c.state.finished_at = now();
                 c.state.pid = 0;
                 let _ = self.cleanup_runtime(&id).await;
@@ -366,7 +383,7 @@ impl Engine {
             hc.runtime = "runc".into();
         }
         match hc.runtime.as_str() {
-            "runc" | "vessel" => {}
+            r if RUNTIMES.contains(&r) => {}
             other => {
                 return Err(Error::invalid(format!(
                     "unknown or invalid runtime name: {other}"
@@ -822,7 +839,33 @@ impl Engine {
             mounts: oci_mounts(&c.mounts)?,
             join,
         };
-        let spec = spec::build(c, &inputs)?;
+        let mut spec = spec::build(c, &inputs)?;
+        if c.host_config.runtime == RUNTIME_VM {
+            // The shim boots a VM from the mounted root filesystem (imaged
+            // per container) with the spec's process and resources.
+            use vessel_runtime::vm;
+            if let Some(a) = spec
+                .as_object_mut()
+                .map(|o| {
+                    o.entry("annotations")
+                        .or_insert_with(|| serde_json::json!({}))
+                })
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                a.insert(
+                    vessel_runtime::spec::ANNOTATION_SANDBOX.into(),
+                    vm::SANDBOX_VM.into(),
+                );
+                a.insert(
+                    vm::ANNOTATION_KERNEL.into(),
+                    self.vm_kernel.display().to_string().into(),
+                );
+                a.insert(
+                    vm::ANNOTATION_INITRD.into(),
+                    self.vm_initrd.display().to_string().into(),
+                );
+            }
+        }
         let bundle = dir.join("bundle");
         std::fs::create_dir_all(&bundle)?;
         container::write_atomic(
@@ -1000,10 +1043,13 @@ impl Engine {
         if !c.state.status.is_live() && c.state.status != Status::Restarting {
             return;
         }
-        let code = status.map_or(255, |s| s.code);
+        let code = status.as_ref().map_or(255, |s| s.code);
         c.state.status = Status::Exited;
         c.state.exit_code = code;
-        c.state.oom_killed = status.is_some_and(|s| s.oom_killed);
+        c.state.oom_killed = status.as_ref().is_some_and(|s| s.oom_killed);
+        if let Some(e) = status.and_then(|s| s.error) {
+            c.state.error = e;
+        }
         c.state.finished_at = now();
         c.state.pid = 0;
         if let Some(h) = &mut c.state.health {
@@ -1109,6 +1155,19 @@ impl Engine {
     }
 
     async fn signal(&self, id: &str, sig: i32) -> Result<()> {
+        let vm = self.get(id).ok().is_some_and(|e| {
+            e.view
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .host_config
+                .runtime
+                == RUNTIME_VM
+        });
+        if vm {
+            // The container lives in the shim's VM: the shim delivers it.
+            shim::call(&self.paths.shim(id), &Request::Signal { signal: sig }).await?;
+            return Ok(());
+        }
         let root = self.paths.runtime_root();
         let id = id.to_string();
         blocking(move || {

@@ -16,6 +16,10 @@ packages=(
     # Tools the tests and scripts call.
     iproute2 nftables procps util-linux jq curl python3-pip python3-venv
     hyperfine strace e2fsprogs erofs-utils
+    # The microVM: the guest kernel's source and build tools
+    # (runtime/vmm/guest/build-kernel.sh), the agent initramfs, and QEMU
+    # for the nested end-to-end tests and the benchmark.
+    linux-source-6.1 bc flex bison libelf-dev libssl-dev cpio qemu-system-x86
 )
 
 missing=()

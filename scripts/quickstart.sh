@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 
 ./scripts/deps.sh
 cargo build --release --locked --bins
+# For `--runtime vm`: the guest kernel (built once, 3 to 7 minutes) and the
+# agent initramfs, where vesseld looks for them by default.
+runtime/vmm/guest/build-kernel.sh
+runtime/vmm/guest/build-initrd.sh
 
 bin=$PWD/target/release
 work=$(mktemp -d /tmp/vessel-quickstart.XXXXXX)

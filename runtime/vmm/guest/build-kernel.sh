@@ -9,7 +9,7 @@
 # BUILD_REVISION below (bump it when a change here changes the output):
 # KEY/vmlinux (ELF without symbols, booted through its PVH note),
 # KEY/vmlinux.symbols (the same with symbols, for debugging), KEY/bzImage,
-# KEY/config and KEY/build-seconds. A second run with the same inputs does
+# KEY/config and KEY/build-seconds; `current` links the latest KEY. A second run with the same inputs does
 # nothing and prints the same directory. The build runs under `nice` on
 # all cores. Needs: linux-source-6.1 build-essential bc flex bison
 # libelf-dev libssl-dev (apt-get install them).
@@ -36,7 +36,11 @@ version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo unk
 key=$( (cat "$config"; echo "$version $BUILD_REVISION") | sha256sum | cut -c1-16)
 out="$cache/6.1-$key"
 
+# $cache/current points at the latest build (vesseld's default --vm-kernel).
+link_current() { ln -sfn "$(basename "$out")" "$cache/current.tmp.$$" && mv -T "$cache/current.tmp.$$" "$cache/current"; }
+
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
+    link_current
     echo "$out"
     exit 0
 fi
@@ -44,7 +48,11 @@ fi
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
+# $cache/current points at the latest build (vesseld's default --vm-kernel).
+link_current() { ln -sfn "$(basename "$out")" "$cache/current.tmp.$$" && mv -T "$cache/current.tmp.$$" "$cache/current"; }
+
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
+    link_current
     echo "$out"
     exit 0
 fi
@@ -92,5 +100,6 @@ echo $((end - start)) >"$stage/build-seconds"
 echo "$version" >"$stage/source-version"
 rm -rf "$out"
 mv "$stage" "$out"
+link_current
 echo "build-kernel: built in $((end - start)) s" >&2
 echo "$out"

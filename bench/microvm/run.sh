@@ -12,6 +12,8 @@
 #   init-*  monitor start until the guest's init writes the debug exit port
 #   run-*   `vessel-agent run -- true`: monitor start to monitor exit, with
 #           the agent mounting the layer and running the process
+#   run-runtime  `vessel-runtime run` of a bundle that asks for a VM
+#           (io.vessel.sandbox=vm), `true`: the runtime's end-to-end path
 # and reads /proc/PID/smaps of each monitor while a container sleeps (RSS and
 # PSS beyond the guest RAM mapping). Absolute times are those of an L2 guest
 # inside a TCG-emulated L1 and say nothing about real hardware; the ratio is

@@ -137,7 +137,8 @@ pub struct Plan {
 pub fn plan(bundle: &Bundle, id: &str) -> Result<Plan> {
     let spec = &bundle.spec;
     let ann = crate::spec::annotations(spec);
-    let path = |key: &str, default: &str| PathBuf::from(ann.get(key).map_or(default, String::as_str));
+    let path =
+        |key: &str, default: &str| PathBuf::from(ann.get(key).map_or(default, String::as_str));
     let layers: Vec<LayerDir> = match ann.get(ANNOTATION_LAYERS) {
         Some(text) => serde_json::from_str(text)
             .map_err(|e| Error::Config(format!("annotation {ANNOTATION_LAYERS}: {e}")))?,
@@ -154,7 +155,11 @@ pub fn plan(bundle: &Bundle, id: &str) -> Result<Plan> {
         .as_ref()
         .ok_or_else(|| Error::Config("the spec has no process".into()))?;
     let (mem_mib, vcpus) = size(spec)?;
-    let readonly = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
     let hostname = spec.hostname().clone().unwrap_or_else(|| id.to_string());
     Ok(Plan {
         kernel: path(ANNOTATION_KERNEL, DEFAULT_KERNEL),
@@ -209,7 +214,9 @@ pub fn size(spec: &Spec) -> Result<(u32, u8)> {
         }
     }
     if vcpus > 32 {
-        return Err(Error::Config(format!("{vcpus} CPUs; a VM takes at most 32")));
+        return Err(Error::Config(format!(
+            "{vcpus} CPUs; a VM takes at most 32"
+        )));
     }
     Ok((mem_mib, vcpus as u8))
 }
@@ -422,7 +429,10 @@ mod tests {
         assert!(p.start.root.readonly);
         let proc = &p.start.process;
         assert_eq!(proc.args, ["sh", "-c", "exit 7"]);
-        assert_eq!((proc.uid, proc.gid, &proc.additional_gids[..]), (1000, 100, &[5][..]));
+        assert_eq!(
+            (proc.uid, proc.gid, &proc.additional_gids[..]),
+            (1000, 100, &[5][..])
+        );
         assert_eq!((proc.cwd.as_str(), proc.terminal), ("/tmp", true));
         assert_eq!(proc.env, ["A=b"]);
         assert_eq!(
@@ -449,7 +459,11 @@ mod tests {
         }}));
         let p = plan(&bundle(s), "c1").unwrap();
         assert_eq!(
-            (p.kernel.as_path(), p.initrd.as_path(), p.layer_cache.as_path()),
+            (
+                p.kernel.as_path(),
+                p.initrd.as_path(),
+                p.layer_cache.as_path()
+            ),
             (Path::new("/k"), Path::new("/i"), Path::new("/c"))
         );
         assert_eq!(p.layers.len(), 2);
@@ -471,14 +485,17 @@ mod tests {
         }}}));
         assert_eq!(size(&s).unwrap(), (128, 2));
         // Odd and partial MiB round up to an even count.
-        let s = spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 100_000_000}}}}));
+        let s =
+            spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 100_000_000}}}}));
         assert_eq!(size(&s).unwrap(), (96, 1));
         let s = spec(serde_json::json!({"linux": {"resources": {"cpu": {"cpus": "0-2,5"}}}}));
         assert_eq!(size(&s).unwrap(), (DEFAULT_MEM_MIB, 4));
         let s = spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 8388608}}}}));
         let e = size(&s).unwrap_err().to_string();
         assert!(e.contains("below the 64 MiB"), "{e}");
-        let s = spec(serde_json::json!({"linux": {"resources": {"cpu": {"quota": 6400000, "period": 100000}}}}));
+        let s = spec(
+            serde_json::json!({"linux": {"resources": {"cpu": {"quota": 6400000, "period": 100000}}}}),
+        );
         assert!(size(&s).is_err());
     }
 
@@ -487,6 +504,9 @@ mod tests {
         let mut p = plan(&bundle(spec(serde_json::json!({}))), "c1").unwrap();
         p.kernel = "/nonexistent/vmlinux".into();
         let e = boot(&p, Path::new("/tmp")).err().unwrap().to_string();
-        assert!(e.contains("/nonexistent/vmlinux") && e.contains("build-kernel.sh"), "{e}");
+        assert!(
+            e.contains("/nonexistent/vmlinux") && e.contains("build-kernel.sh"),
+            "{e}"
+        );
     }
 }

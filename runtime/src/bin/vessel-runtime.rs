@@ -491,7 +491,9 @@ fn run_container(root: &Root, a: &RunArgs, rootless: bool) -> Result<u8> {
     let bundle = spec::load_bundle(&opts.bundle)?;
     if vessel_runtime::vm::wants_vm(&bundle.spec) {
         if a.detach {
-            bail!("a microVM container runs in the foreground here; detached, it needs a shim (vessel-shim)");
+            bail!(
+                "a microVM container runs in the foreground here; detached, it needs a shim (vessel-shim)"
+            );
         }
         return run_vm(&bundle, &opts.id);
     }

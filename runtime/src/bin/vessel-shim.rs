@@ -43,7 +43,9 @@ fn main() -> ExitCode {
 
 fn ctl(args: &[String]) -> anyhow::Result<u8> {
     let (Some(dir), Some(cmd)) = (args.first(), args.get(1)) else {
-        bail!("usage: vessel-shim ctl STATE_DIR start|state|wait|kill SIG|attach [-i]|exec [-i] [-t] -- ARGS");
+        bail!(
+            "usage: vessel-shim ctl STATE_DIR start|state|wait|kill SIG|attach [-i]|exec [-i] [-t] -- ARGS"
+        );
     };
     let dir = PathBuf::from(dir);
     let rest = &args[2..];

@@ -57,6 +57,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Exec'd processes in a VM are named by agent process ids from here up
 /// (above any PID, so they never collide with the init's key).
 const VM_EXEC_BASE: u32 = 0x4000_0000;
+/// How long the channel of a killed VM may stay open.
+const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long a VM may take to power off after the shim asked it to.
 const VM_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -222,6 +224,8 @@ struct VmSide {
     eof: bool,
     /// The shim killed the VM (SIGKILL, or the shim itself was told to stop).
     killed: bool,
+    /// When; the channel should close right after.
+    killed_at: Option<Instant>,
     /// Why the container ended without an exit status.
     error: Option<String>,
     own_image: Option<std::path::PathBuf>,
@@ -234,6 +238,7 @@ impl VmSide {
 
     fn kill(&mut self) {
         self.killed = true;
+        self.killed_at.get_or_insert_with(Instant::now);
         if let Some(s) = &self.sandbox {
             s.vm().kill();
         }
@@ -491,7 +496,17 @@ impl Shim {
                 // this iteration's poll).
                 .map(|(_, fd, ev)| PollFd::new(unsafe { BorrowedFd::borrow_raw(*fd) }, *ev))
                 .collect();
-            let timeout = if self.init_exited_at.is_some() {
+            // A killed VM's channel closes as its threads end; should it
+            // not, the container still ends after a grace period.
+            let killed_at = self
+                .vm
+                .as_ref()
+                .filter(|vm| !vm.eof)
+                .and_then(|vm| vm.killed_at);
+            if killed_at.is_some_and(|at| at.elapsed() >= KILL_GRACE) {
+                self.agent_gone();
+            }
+            let timeout = if self.init_exited_at.is_some() || killed_at.is_some() {
                 PollTimeout::from(100u16)
             } else {
                 PollTimeout::NONE
@@ -1190,6 +1205,7 @@ fn start_vm(
         pending: HashMap::new(),
         eof: false,
         killed: false,
+        killed_at: None,
         error: None,
         own_image: booted.own_image,
     };
@@ -1345,11 +1361,12 @@ impl Shim {
                         if let Some(vm) = &mut self.vm {
                             vm.error = Some(message.clone());
                         }
-                        let code = if message.contains("not found") || message.contains("No such file") {
-                            127
-                        } else {
-                            126
-                        };
+                        let code =
+                            if message.contains("not found") || message.contains("No such file") {
+                                127
+                            } else {
+                                126
+                            };
                         self.exited(self.init.pid, code);
                     }
                 } else {
@@ -1386,7 +1403,11 @@ impl Shim {
                 });
                 255
             };
-            tracing::warn!(code, killed, "agent channel closed before the container exited");
+            tracing::warn!(
+                code,
+                killed,
+                "agent channel closed before the container exited"
+            );
             self.exited(self.init.pid, code);
         }
         for p in self.execs.values_mut() {

@@ -7,7 +7,9 @@
 //!   `isa-debug-exit` device at the same port); for our monitor also with
 //!   our kernel as a bzImage and with Debian's cloud kernel;
 //! - boot-to-exit: `vessel-agent run ... -- true`, the whole container
-//!   round trip from starting the monitor to its exit;
+//!   round trip from starting the monitor to its exit; and the same
+//!   through the runtime (`vessel-runtime run` of a bundle asking for a
+//!   VM: spec, layer cache, monitor in-process, agent client);
 //! - memory: RSS and PSS of the monitor process while a container sleeps,
 //!   minus the guest RAM mapping.
 
@@ -41,9 +43,19 @@ mem() {{ # NAME PROCESS COMMAND...
   awk '/^Size:/ {{size=$2}} /^Rss:/ {{rss=$2}} /^Pss:/ {{pss=$2; if (size >= {mem_kb}) {{grss+=rss; gpss+=pss}} trss+=rss; tpss+=pss}} END {{print "@@MEM", "'$name'", trss, tpss, grss, gpss}}' /proc/$pid/smaps
   wait $bg
 }}
+# A container bundle that asks for a VM (the layer image cached under a
+# made-up key), for the runtime's own path: `vessel-runtime run`.
+mkdir -p /vm/cache /b/rt/rootfs /run/vr
+cp /vm/layer.img /vm/cache/sha256-{key}.erofs
+cat > /b/rt/config.json <<EOF
+{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"cwd":"/","args":["true"],"env":["PATH=/bin"]}},"linux":{{"resources":{{"memory":{{"limit":{mem_bytes}}}}}}},
+ "annotations":{{"io.vessel.sandbox":"vm","io.vessel.vm.kernel":"/vm/vmlinux","io.vessel.vm.initrd":"/vm/initrd","io.vessel.vm.layer-cache":"/vm/cache",
+   "io.vessel.vm.layers":"[{{\\"key\\":\\"sha256:{key}\\",\\"dir\\":\\"/nonexistent\\"}}]"}}}}
+EOF
 i=0
 while [ $i -lt {rounds} ]; do
   i=$((i+1))
+  timed run-runtime $i /bin/vessel-runtime --root /run/vr run --bundle /b/rt rt$i
   timed init-ours $i $ours --debug-exit --append "reboot=k panic=-1 quiet VESSEL_BOOTMARK=1"
   timed init-qemu $i $qemu -device isa-debug-exit,iobase=0xf4,iosize=0x04 -append "reboot=t panic=-1 quiet VESSEL_BOOTMARK=1"
   timed init-ours-bzimage $i /bin/vessel-vmm --kernel /vm/bzImage --initrd /vm/initrd --mem {MEM_MIB} --debug-exit --append "reboot=k panic=-1 quiet VESSEL_BOOTMARK=1"
@@ -54,7 +66,9 @@ done
 mem ours vessel-vmm /bin/vessel-agent run --listen /run/o.sock --spawn "$ours --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/o.sock" --layer layer-0 -- sleep 6
 mem qemu qemu-system-x86_64 /bin/vessel-agent run --listen /run/q.sock --spawn "$qemu -append 'reboot=t panic=-1 quiet' $qdisk -device virtio-serial-device -chardev socket,id=ch,path=/run/q.sock -device virtserialport,chardev=ch,name=vessel.agent" --layer layer-0 -- sleep 6
 "#,
-        mem_kb = MEM_MIB * 1024
+        mem_kb = MEM_MIB * 1024,
+        mem_bytes = u64::from(MEM_MIB) << 20,
+        key = "00000000000000000000000000000000000000000000000000000000000000b1",
     )
 }
 

@@ -29,6 +29,10 @@ pub struct Fixtures {
     pub l1_modules: Vec<PathBuf>,
     pub vmm: PathBuf,
     pub agent: PathBuf,
+    /// `vessel-shim` and `vessel-runtime` (the integration tests of the
+    /// runtime stage them into L1; the monitor's tests do not need them).
+    pub shim: PathBuf,
+    pub runtime: PathBuf,
     pub guest_initrd: PathBuf,
     pub layer: PathBuf,
     pub busybox: PathBuf,
@@ -135,10 +139,11 @@ pub fn l1_kernel() -> Result<(PathBuf, Vec<PathBuf>), String> {
     Ok((paths[0].clone(), paths[1..].to_vec()))
 }
 
-/// Static release builds of `vessel-vmm` and `vessel-agent` (glibc with
-/// crt-static), in their own target directory so this does not wait on the
+/// Static release builds of `vessel-vmm`, `vessel-agent`, `vessel-shim`
+/// and `vessel-runtime` (glibc with crt-static, libseccomp linked
+/// statically), in their own target directory so this does not wait on the
 /// build lock of the test run itself.
-pub fn static_binaries() -> Result<(PathBuf, PathBuf), String> {
+pub fn static_binaries() -> Result<[PathBuf; 4], String> {
     let target = dir().join("static-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     vessel_testkit::with_lock(&dir().join("static.lock"), || {
@@ -154,18 +159,28 @@ pub fn static_binaries() -> Result<(PathBuf, PathBuf), String> {
                     "vessel-vmm",
                     "-p",
                     "vessel-agent",
+                    "-p",
+                    "vessel-runtime",
                 ])
+                .env("LIBSECCOMP_LINK_TYPE", "static")
+                .env("LIBSECCOMP_LIB_PATH", "/usr/lib/x86_64-linux-gnu")
                 .env("CARGO_TARGET_DIR", &target)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
                 .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
                 .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
                 .current_dir(vessel_testkit::workspace_root())
                 .stderr(Stdio::inherit()),
-            "static build of vessel-vmm and vessel-agent",
+            "static build of vessel-vmm, vessel-agent and vessel-runtime",
         )
     })?;
     let bin = target.join("x86_64-unknown-linux-gnu/release");
-    Ok((bin.join("vessel-vmm"), bin.join("vessel-agent")))
+    Ok([
+        "vessel-vmm",
+        "vessel-agent",
+        "vessel-shim",
+        "vessel-runtime",
+    ]
+    .map(|b| bin.join(b)))
 }
 
 /// The busybox-static binary of the host.
@@ -246,7 +261,7 @@ pub fn fixtures() -> Result<Fixtures, String> {
     let busybox = busybox()?;
     let guest_kernel = guest_kernel()?;
     let (l1_kernel, l1_modules) = l1_kernel()?;
-    let (vmm, agent) = static_binaries()?;
+    let [vmm, agent, shim, runtime] = static_binaries()?;
     let guest_initrd = guest_initrd(&agent)?;
     let layer = busybox_layer()?;
     let scratch = scratch_disk()?;
@@ -258,6 +273,8 @@ pub fn fixtures() -> Result<Fixtures, String> {
         l1_modules,
         vmm,
         agent,
+        shim,
+        runtime,
         guest_initrd,
         layer,
         busybox,
@@ -296,6 +313,9 @@ pub fn l1_initramfs(fx: &Fixtures, script: &str, extra: &Extra, out: &Path) -> R
     }
     c.file_from("bin/vessel-vmm", 0o755, &fx.vmm).map_err(e)?;
     c.file_from("bin/vessel-agent", 0o755, &fx.agent)
+        .map_err(e)?;
+    c.file_from("bin/vessel-shim", 0o755, &fx.shim).map_err(e)?;
+    c.file_from("bin/vessel-runtime", 0o755, &fx.runtime)
         .map_err(e)?;
     for m in &fx.l1_modules {
         let name = m.file_name().expect("module file name").to_string_lossy();

@@ -1,0 +1,290 @@
+//! End to end: containers in microVMs through the runtime's own paths,
+//! inside an L1 Linux under QEMU's TCG with a real (nested, AMD SVM) KVM.
+//!
+//! The L1 script writes OCI bundles that ask for a VM
+//! (`io.vessel.sandbox=vm`, the image's layer as a cached image), runs
+//! `vessel-shim` for each container the way the daemon does, and drives it
+//! with `vessel-shim ctl` (start, wait, exec, kill) over the shim's socket;
+//! it also runs bundles in the foreground with `vessel-runtime run`. One L1
+//! boot serves every case. The fixtures (guest kernel, L1 kernel, static
+//! binaries, layer image) are the monitor's nested-test fixtures; the test
+//! skips with the reason when something is missing.
+
+#[path = "../vmm/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A made-up layer key: the L1 script places the busybox layer image in
+/// the cache under it, as the daemon's first run would.
+const KEY_HEX: &str = "00000000000000000000000000000000000000000000000000000000000000b1";
+
+#[derive(Debug, Default)]
+struct Case {
+    exit: Option<i32>,
+    out: String,
+    err: String,
+    values: HashMap<String, String>,
+    seconds: Option<f64>,
+}
+
+impl Case {
+    /// The container's output as recorded in its json-file log.
+    fn log(&self) -> String {
+        self.out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["log"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+fn parse(console: &str) -> HashMap<String, Case> {
+    let mut cases: HashMap<String, Case> = HashMap::new();
+    let mut current: Option<String> = None;
+    let mut section: Option<&str> = None;
+    for line in console.lines() {
+        if let Some(name) = line.strip_prefix("@@CASE ") {
+            current = Some(name.trim().to_string());
+            cases.entry(name.trim().to_string()).or_default();
+            section = None;
+            continue;
+        }
+        let Some(name) = &current else { continue };
+        let c = cases.get_mut(name).expect("case entry exists");
+        match line {
+            "@@OUT" => section = Some("out"),
+            "@@ERR" => section = Some("err"),
+            "@@END" => section = None,
+            l if l.starts_with("@@EXIT ") => c.exit = l[7..].trim().parse().ok(),
+            l if l.starts_with("@@TIME ") => {
+                let t: Vec<f64> = l[7..]
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if let [a, b] = t[..] {
+                    c.seconds = Some(b - a);
+                }
+            }
+            l if l.starts_with("@@") && section.is_none() => {
+                if let Some((k, v)) = l[2..].split_once(' ') {
+                    c.values.insert(k.to_string(), v.trim().to_string());
+                }
+            }
+            l => {
+                let s = match section {
+                    Some("out") => &mut c.out,
+                    Some("err") => &mut c.err,
+                    _ => continue,
+                };
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+    }
+    cases
+}
+
+const SCRIPT: &str = r#"
+mkdir -p /vm/cache /s /b /run/vr
+cp /vm/layer.img /vm/cache/sha256-@KEY@.erofs
+layers='[{\"key\":\"sha256:@KEY@\",\"dir\":\"/nonexistent\"}]'
+# bundle NAME TERMINAL ARGS-JSON RESOURCES-JSON
+bundle() {
+  mkdir -p /b/$1/rootfs
+  cat > /b/$1/config.json <<EOF
+{"ociVersion":"1.0.2","root":{"path":"rootfs"},"hostname":"vmbox",
+ "process":{"terminal":$2,"cwd":"/","args":$3,"env":["PATH=/bin:/usr/bin:/sbin:/usr/sbin"],"user":{"uid":0,"gid":0}},
+ "linux":{"resources":$4},
+ "annotations":{"io.vessel.sandbox":"vm","io.vessel.vm.kernel":"/vm/vmlinux","io.vessel.vm.initrd":"/vm/initrd",
+   "io.vessel.vm.layer-cache":"/vm/cache","io.vessel.vm.layers":"$layers"}}
+EOF
+}
+# container NAME TERMINAL ARGS-JSON [RESOURCES-JSON]: bundle, shim, start
+container() {
+  res=$4; [ -n "$res" ] || res='{}'
+  bundle $1 $2 "$3" "$res"
+  mkdir -p /s/$1
+  cat > /s/$1/shim.json <<EOF
+{"id":"$1","bundle":"/b/$1","runtime_root":"/run/vr","state_dir":"/s/$1","tty":$2,"open_stdin":false,"stdin_once":false,
+ "log":{"path":"/s/$1/log.json","max_size":0,"max_files":1}}
+EOF
+  vessel-shim /s/$1 > /s/$1/launched 2> /s/$1/launch.err
+  vessel-shim ctl /s/$1 start > /dev/null 2>> /s/$1/launch.err
+}
+# finish NAME: wait for the container, show its log
+finish() {
+  echo "@@EXIT $(vessel-shim ctl /s/$1 wait 2> /tmp/err)"
+  echo "@@TIME $t0 $(now)"
+  echo @@OUT; cat /s/$1/log.json; echo @@ERR; cat /tmp/err /s/$1/launch.err /s/$1/shim.log; echo @@END
+}
+# ex NAME CASE ARGS...: exec into container NAME
+ex() {
+  c=$1; echo "@@CASE $2"; shift 2; t0=$(now)
+  vessel-shim ctl /s/$c exec "$@" > /tmp/out 2> /tmp/err
+  echo "@@EXIT $?"; echo "@@TIME $t0 $(now)"
+}
+show() { echo @@OUT; cat /tmp/out; echo @@ERR; cat /tmp/err; echo @@END; }
+
+echo "@@CASE echo"; t0=$(now); container echo false '["echo","hi"]'; finish echo
+echo "@@CASE exit7"; t0=$(now); container exit7 false '["sh","-c","exit 7"]'; finish exit7
+echo "@@CASE memory"; t0=$(now)
+container memory false '["sh","-c","grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo"]' '{"memory":{"limit":134217728},"cpu":{"quota":200000,"period":100000}}'
+finish memory
+echo "@@CASE tty"; t0=$(now); container tty true '["sh","-c","test -t 0 && test -t 1 && echo on-a-tty"]'; finish tty
+
+# Two long-running containers side by side.
+t0=$(now)
+container a false '["sh","-c","echo secret > /secret-a; echo up; trap \"echo got-term; exit 3\" TERM; while true; do sleep 1; done"]'
+container b false '["sh","-c","while true; do sleep 1; done"]'
+echo "@@CASE twostarted"; echo "@@TIME $t0 $(now)"
+ex a exec -- sh -c 'cat /secret-a; hostname; exit 4'; show
+ex a big -- sh -c 'yes abcdefg | head -c 10485760'
+echo "@@SIZE $(wc -c < /tmp/out)"
+echo "@@MD5 $(md5sum < /tmp/out | cut -d' ' -f1)"
+echo "@@WANT $(yes abcdefg | head -c 10485760 | md5sum | cut -d' ' -f1)"
+echo @@ERR; cat /tmp/err; echo @@END
+ex a exectty -t -- sh -c 'test -t 0 && test -t 1 && echo exec-on-a-tty'; show
+ex a execmissing -- /no/such/program; show
+ex b isolation -- sh -c 'test -e /secret-a && echo leak-other-container; n=0; for p in /proc/[0-9]*; do readlink $p/exe >/dev/null 2>&1 && n=$((n+1)); done; echo $n; grep -c "/vm\|/s/\|/b/" /proc/mounts; test -e /vm/vmlinux && echo leak-l1-files; cat /proc/[0-9]*/comm | grep -c vessel; echo done'; show
+
+echo "@@CASE panic"; t0=$(now); container panic false '["sh","-c","echo c > /proc/sysrq-trigger; sleep 100"]'; finish panic
+ex a afterpanic -- echo alive; show
+
+echo "@@CASE stop"; t0=$(now); vessel-shim ctl /s/a kill TERM; finish a
+echo "@@CASE kill"; t0=$(now); vessel-shim ctl /s/b kill KILL; finish b
+echo "@@SHIMS $(cat /proc/[0-9]*/comm | grep -c vessel-shim)"
+
+bundle rt false '["sh","-c","echo from-runtime; exit 5"]' '{}'
+echo "@@CASE runtime"; t0=$(now)
+vessel-runtime --root /run/vr run --bundle /b/rt rt > /tmp/out 2> /tmp/err
+echo "@@EXIT $?"; echo "@@TIME $t0 $(now)"; show
+"#;
+
+#[test]
+fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
+    let fx = match support::fixtures() {
+        Ok(f) => f,
+        Err(reason) => {
+            vessel_testkit::require!(false, "{reason}");
+            return;
+        }
+    };
+    let tmp = vessel_testkit::TempRoot::new("microvm-runtime");
+    let initrd = tmp.join("l1.cpio");
+    let script = SCRIPT.replace("@KEY@", KEY_HEX);
+    support::l1_initramfs(&fx, &script, &Vec::new(), &initrd).expect("L1 initramfs");
+    let console = support::boot_l1(&fx, &initrd, Duration::from_secs(900)).expect("L1 boot");
+    assert!(!console.contains("@@FATAL"), "{console}");
+    assert!(
+        console.contains("@@DONE"),
+        "L1 script did not finish:\n{console}"
+    );
+    let cases = parse(&console);
+    let case = |n: &str| {
+        cases
+            .get(n)
+            .unwrap_or_else(|| panic!("case {n} missing:\n{console}"))
+    };
+    for (name, c) in &cases {
+        eprintln!(
+            "case {name}: exit {:?} in {:.2} s",
+            c.exit,
+            c.seconds.unwrap_or(f64::NAN)
+        );
+    }
+
+    let c = case("echo");
+    assert_eq!((c.exit, c.log().as_str()), (Some(0), "hi\n"), "{c:?}");
+
+    let c = case("exit7");
+    assert_eq!(c.exit, Some(7), "{c:?}");
+
+    // --memory 128m and --cpus 2 as the spec's resources size the VM.
+    let c = case("memory");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    let log = c.log();
+    let kb: u64 = log
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{c:?}"));
+    assert!(
+        kb <= 128 * 1024 && kb > 96 * 1024,
+        "MemTotal {kb} kB for a 128 MiB VM: {c:?}"
+    );
+    assert_eq!(log.lines().nth(1), Some("2"), "{c:?}");
+
+    let c = case("tty");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    assert!(c.log().contains("on-a-tty"), "{c:?}");
+
+    let c = case("exec");
+    assert_eq!(
+        (c.exit, c.out.as_str()),
+        (Some(4), "secret\nvmbox\n"),
+        "{c:?}"
+    );
+
+    let c = case("big");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    assert_eq!(
+        c.values.get("SIZE").map(String::as_str),
+        Some("10485760"),
+        "{c:?}"
+    );
+    assert_eq!(c.values.get("MD5"), c.values.get("WANT"), "{c:?}");
+
+    let c = case("exectty");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    assert!(c.out.contains("exec-on-a-tty"), "{c:?}");
+
+    let c = case("execmissing");
+    assert_eq!(c.exit, Some(125), "{c:?}");
+    assert!(c.err.contains("/no/such/program"), "{c:?}");
+
+    let c = case("isolation");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    let lines: Vec<&str> = c.out.lines().collect();
+    assert!(
+        !c.out.contains("leak-"),
+        "no other container's or L1's files: {c:?}"
+    );
+    let procs: u32 = lines[0].parse().unwrap_or(u32::MAX);
+    assert!(procs < 10, "the guest sees only its own processes: {c:?}");
+    assert_eq!(lines[1], "0", "no L1 mounts visible: {c:?}");
+    assert_eq!(
+        lines[2..],
+        ["0", "done"],
+        "no shim or monitor visible: {c:?}"
+    );
+
+    // A guest panic ends that container with an error, not an exit code
+    // of its own; the other container keeps running.
+    let c = case("panic");
+    assert_eq!(c.exit, Some(255), "{c:?}");
+    assert!(c.err.contains("panic"), "{c:?}");
+    let c = case("afterpanic");
+    assert_eq!((c.exit, c.out.as_str()), (Some(0), "alive\n"), "{c:?}");
+
+    // Stop: the stop signal reaches the process, which exits its own way.
+    let c = case("stop");
+    assert_eq!(c.exit, Some(3), "{c:?}");
+    assert_eq!(c.log(), "up\ngot-term\n", "{c:?}");
+    // Kill (the end of a stop timeout): the VM goes, 128 + SIGKILL.
+    let c = case("kill");
+    assert_eq!(c.exit, Some(137), "{c:?}");
+    let shims = cases
+        .values()
+        .find_map(|c| c.values.get("SHIMS"))
+        .expect("shim count");
+    assert_eq!(shims, "0", "every shim exited with its container");
+
+    let c = case("runtime");
+    assert_eq!(
+        (c.exit, c.out.as_str()),
+        (Some(5), "from-runtime\n"),
+        "{c:?}"
+    );
+}

@@ -158,7 +158,7 @@ pub fn plan(bundle: &Bundle, id: &str) -> Result<Plan> {
     let readonly = spec
         .root()
         .as_ref()
-        .and_then(|r| r.readonly())
+        .and_then(oci_spec::runtime::Root::readonly)
         .unwrap_or(false);
     let hostname = spec.hostname().clone().unwrap_or_else(|| id.to_string());
     Ok(Plan {
@@ -190,7 +190,7 @@ pub fn size(spec: &Spec) -> Result<(u32, u8)> {
     let mut mem_mib = DEFAULT_MEM_MIB;
     if let Some(limit) = resources
         .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
+        .and_then(oci_spec::runtime::LinuxMemory::limit)
         .filter(|l| *l > 0)
     {
         let mib = (limit as u64).div_ceil(1 << 20);
@@ -384,6 +384,7 @@ pub fn boot(plan: &Plan, work: &Path) -> Result<Booted> {
 mod tests {
     use super::*;
 
+    #[allow(clippy::needless_pass_by_value)] // called with json! temporaries
     fn spec(extra: serde_json::Value) -> Spec {
         let mut v = serde_json::json!({
             "ociVersion": "1.0.2",
@@ -480,8 +481,8 @@ mod tests {
     #[test]
     fn resources_size_the_vm() {
         let s = spec(serde_json::json!({"linux": {"resources": {
-            "memory": {"limit": 134217728},
-            "cpu": {"quota": 150000, "period": 100000}
+            "memory": {"limit": 134_217_728},
+            "cpu": {"quota": 150_000, "period": 100_000}
         }}}));
         assert_eq!(size(&s).unwrap(), (128, 2));
         // Odd and partial MiB round up to an even count.
@@ -490,11 +491,11 @@ mod tests {
         assert_eq!(size(&s).unwrap(), (96, 1));
         let s = spec(serde_json::json!({"linux": {"resources": {"cpu": {"cpus": "0-2,5"}}}}));
         assert_eq!(size(&s).unwrap(), (DEFAULT_MEM_MIB, 4));
-        let s = spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 8388608}}}}));
+        let s = spec(serde_json::json!({"linux": {"resources": {"memory": {"limit": 8_388_608}}}}));
         let e = size(&s).unwrap_err().to_string();
         assert!(e.contains("below the 64 MiB"), "{e}");
         let s = spec(
-            serde_json::json!({"linux": {"resources": {"cpu": {"quota": 6400000, "period": 100000}}}}),
+            serde_json::json!({"linux": {"resources": {"cpu": {"quota": 6_400_000, "period": 100_000}}}}),
         );
         assert!(size(&s).is_err());
     }

@@ -96,7 +96,7 @@ bundle() {
   cat > /b/$1/config.json <<EOF
 {"ociVersion":"1.0.2","root":{"path":"rootfs"},"hostname":"vmbox",
  "process":{"terminal":$2,"cwd":"/","args":$3,"env":["PATH=/bin:/usr/bin:/sbin:/usr/sbin"],"user":{"uid":0,"gid":0}},
- "linux":{"resources":$4},
+ "linux":{"resources":$4,"namespaces":[{"type":"pid"},{"type":"mount"},{"type":"uts"},{"type":"ipc"}]},
  "annotations":{"io.vessel.sandbox":"vm","io.vessel.vm.kernel":"/vm/vmlinux","io.vessel.vm.initrd":"/vm/initrd",
    "io.vessel.vm.layer-cache":"/vm/cache","io.vessel.vm.layers":"$layers"}}
 EOF

@@ -1099,7 +1099,7 @@ impl Shim {
         }
         let mut error = None;
         let oom_killed = if let Some(vm) = self.vm.take() {
-            error = vm.error.clone();
+            error.clone_from(&vm.error);
             stop_vm(vm);
             false
         } else {

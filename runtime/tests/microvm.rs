@@ -163,6 +163,7 @@ echo "@@EXIT $?"; echo "@@TIME $t0 $(now)"; show
 "#;
 
 #[test]
+#[ignore = "new: run with --ignored until it has passed on a quiet machine"]
 fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
     let fx = match support::fixtures() {
         Ok(f) => f,

@@ -74,7 +74,8 @@ for i in $(seq 1 "$LAYERS"); do
     head -c "$half" /dev/urandom >"$WORK/gen/l$i/data/random.bin"
     # Compressible half: many small text files, as real images have.
     for f in $(seq 1 200); do
-        yes "layer $i file $f: the quick brown fox jumps over the lazy dog" | head -c $((half / 200)) >"$WORK/gen/l$i/data/text-$f.txt"
+        { yes "layer $i file $f: the quick brown fox jumps over the lazy dog" || true; } |
+            head -c $((half / 200)) >"$WORK/gen/l$i/data/text-$f.txt"
     done
     tar -C "$WORK/gen/l$i" -cf "$WORK/gen/l$i.tar" .
     gzip -6 -c "$WORK/gen/l$i.tar" >"$WORK/gen/l$i.tar.gz"

@@ -31,8 +31,12 @@ for tool in hyperfine dockerd buildah; do
     command -v "$tool" >/dev/null || echo "bench/build: $tool is not installed; skipping it" >&2
 done
 
-echo "building vessel (release)..." >&2
-cargo build --quiet --release -p vesseld -p vessel-runtime -p vessel-cli --bins
+# BENCH_SKIP_VESSEL=1 measures only the peers.
+skip_vessel=${BENCH_SKIP_VESSEL:-0}
+if [ "$skip_vessel" != 1 ]; then
+    echo "building vessel (release)..." >&2
+    cargo build --quiet --release -p vesseld -p vessel-runtime -p vessel-cli --bins
+fi
 bin=$CARGO_TARGET_DIR/release
 archive=$work/busybox.tar
 "$top/scripts/busybox-image.sh" "$archive" >/dev/null
@@ -70,12 +74,14 @@ DF
 
 # ---- vessel ----
 vsock=$work/vessel.sock
-"$bin/vesseld" --root "$work/vroot" --exec-root "$work/vrun" -H "unix://$vsock" \
-    --shim-binary "$bin/vessel-shim" >"$work/vesseld.log" 2>&1 &
-vpid=$!
-for _ in $(seq 200); do [ -S "$vsock" ] && break; sleep 0.05; done
 V="docker -H unix://$vsock"
-$V load -q -i "$archive" >/dev/null
+if [ "$skip_vessel" != 1 ]; then
+    "$bin/vesseld" --root "$work/vroot" --exec-root "$work/vrun" -H "unix://$vsock" \
+        --shim-binary "$bin/vessel-shim" >"$work/vesseld.log" 2>&1 &
+    vpid=$!
+    for _ in $(seq 200); do [ -S "$vsock" ] && break; sleep 0.05; done
+    $V load -q -i "$archive" >/dev/null
+fi
 
 # ---- dockerd (classic builder and BuildKit) ----
 have_docker=0
@@ -109,9 +115,9 @@ bench() { # name prepare command
 
 for df in small multi; do
     ctx=${!df}
-    bench "vessel $df cold" "$V builder prune -f >/dev/null 2>&1; $V rmi -f bench-$df >/dev/null 2>&1; true" \
+    [ "$skip_vessel" = 1 ] || bench "vessel $df cold" "$V builder prune -f >/dev/null 2>&1; $V rmi -f bench-$df >/dev/null 2>&1; true" \
         "DOCKER_BUILDKIT=0 $V build -q -t bench-$df $ctx >/dev/null"
-    bench "vessel $df cached" "true" "DOCKER_BUILDKIT=0 $V build -q -t bench-$df $ctx >/dev/null"
+    [ "$skip_vessel" = 1 ] || bench "vessel $df cached" "true" "DOCKER_BUILDKIT=0 $V build -q -t bench-$df $ctx >/dev/null"
     if [ $have_docker = 1 ]; then
         bench "buildkit $df cold" "$D builder prune -af >/dev/null 2>&1; $D rmi -f bench-$df >/dev/null 2>&1; true" \
             "DOCKER_BUILDKIT=1 $D build -q -t bench-$df $ctx >/dev/null"

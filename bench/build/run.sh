@@ -7,9 +7,10 @@
 #
 # Everything runs on private roots and sockets made here and removed at the
 # end: a vesseld, a dockerd (docker.io from Debian, no bridge, no iptables)
-# and buildah's own storage. "cold" removes the contender's build cache and
-# the result before each run (the base image stays); "cached" rebuilds
-# unchanged.
+# and buildah's own storage. Every builder runs RUN without a network
+# (vessel's default; --network none for dockerd, which has no bridge here).
+# "cold" removes the contender's build cache and the result before each run
+# (the base image stays); "cached" rebuilds unchanged.
 set -euo pipefail
 
 runs=${1:-5}
@@ -120,11 +121,11 @@ for df in small multi; do
     [ "$skip_vessel" = 1 ] || bench "vessel $df cached" "true" "DOCKER_BUILDKIT=0 $V build -q -t bench-$df $ctx >/dev/null"
     if [ $have_docker = 1 ]; then
         bench "buildkit $df cold" "$D builder prune -af >/dev/null 2>&1; $D rmi -f bench-$df >/dev/null 2>&1; true" \
-            "DOCKER_BUILDKIT=1 $D build -q -t bench-$df $ctx >/dev/null"
-        bench "buildkit $df cached" "true" "DOCKER_BUILDKIT=1 $D build -q -t bench-$df $ctx >/dev/null"
+            "DOCKER_BUILDKIT=1 $D build --network none -q -t bench-$df $ctx >/dev/null"
+        bench "buildkit $df cached" "true" "DOCKER_BUILDKIT=1 $D build --network none -q -t bench-$df $ctx >/dev/null"
         bench "classic $df cold" "$D rmi -f bench-$df >/dev/null 2>&1; $D image prune -f >/dev/null 2>&1; true" \
-            "DOCKER_BUILDKIT=0 $D build -q --rm -t bench-$df $ctx >/dev/null"
-        bench "classic $df cached" "true" "DOCKER_BUILDKIT=0 $D build -q -t bench-$df $ctx >/dev/null"
+            "DOCKER_BUILDKIT=0 $D build --network none -q --rm -t bench-$df $ctx >/dev/null"
+        bench "classic $df cached" "true" "DOCKER_BUILDKIT=0 $D build --network none -q -t bench-$df $ctx >/dev/null"
     fi
     if [ $have_buildah = 1 ]; then
         bench "buildah $df cold" "$B rmi -f bench-$df >/dev/null 2>&1; $B rmi --prune >/dev/null 2>&1; true" \

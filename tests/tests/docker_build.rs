@@ -78,6 +78,7 @@ fn docker_build_end_to_end() {
     multi_stage_parallel_and_unused(&d);
     errors_name_the_line(&d);
     context_escapes(&d);
+    run_steps_are_confined(&d);
     hostile_context_tar(&d);
     add_url_and_archive(&d);
     vessel_cli_builds_the_same(&d);
@@ -301,6 +302,28 @@ fn errors_name_the_line(d: &Daemon) {
     let dir = context(d, "ctx-missing", "FROM busybox\nCOPY nothere /x\n");
     let out = build_err(d, &dir, &[]);
     assert!(out.contains("line 2") && out.contains("nothere"), "{out}");
+}
+
+/// A Dockerfile is untrusted: RUN steps get the seccomp filter and the
+/// device rules a container gets.
+fn run_steps_are_confined(d: &Daemon) {
+    let dir = context(
+        d,
+        "ctx-confined",
+        "FROM busybox\n\
+         RUN grep '^Seccomp:' /proc/self/status\n\
+         RUN mknod /tmp/mem c 1 1 && if head -c1 /tmp/mem >/dev/null; then echo MEM-READABLE; else echo mem-refused; fi\n",
+    );
+    let out = build_ok(d, &dir, &["--no-cache"]);
+    assert!(
+        out.lines().any(|l| l == "Seccomp:\t2"),
+        "RUN without a seccomp filter: {out}"
+    );
+    // (The step's own text names both words; its output is a line of one.)
+    assert!(
+        out.lines().any(|l| l == "mem-refused") && !out.lines().any(|l| l == "MEM-READABLE"),
+        "{out}"
+    );
 }
 
 fn context_escapes(d: &Daemon) {

@@ -3,7 +3,8 @@
 //! upper directory), run to completion by the `vessel-runtime` binary with
 //! its output streamed line by line.
 //!
-//! The container gets Docker's default capabilities and mounts, its own
+//! The container gets Docker's default capabilities, seccomp profile,
+//! device rules and mounts, its own
 //! pid, ipc, uts and mount namespaces, and a network namespace with only
 //! loopback unless the step asked for the host network. This module does
 //! not mount the rootfs or turn it into a layer.
@@ -25,6 +26,8 @@ pub enum Error {
     },
     #[error("starting the runtime {0}")]
     Spawn(PathBuf, #[source] std::io::Error),
+    #[error("the default seccomp profile")]
+    Seccomp(#[source] vessel_runtime::seccomp::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,8 +71,13 @@ pub fn find_runtime() -> PathBuf {
     PathBuf::from("vessel-runtime")
 }
 
-fn config(spec: &Spec, rootfs: &Path) -> Value {
+fn config(spec: &Spec, rootfs: &Path) -> Result<Value> {
     let caps: Vec<&str> = crate::engine::spec::DEFAULT_CAPS.to_vec();
+    let cap_set: Vec<caps::Capability> = caps.iter().filter_map(|c| c.parse().ok()).collect();
+    let profile =
+        vessel_runtime::seccomp::default_profile(cap_set, vessel_runtime::seccomp::native_arch())
+            .map_err(Error::Seccomp)?;
+    let seccomp = serde_json::to_value(profile).expect("a seccomp profile serialises");
     let mut namespaces = vec![
         json!({"type": "mount"}),
         json!({"type": "pid"}),
@@ -95,7 +103,7 @@ fn config(spec: &Spec, rootfs: &Path) -> Value {
             "options": m.options,
         }));
     }
-    json!({
+    Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -111,13 +119,18 @@ fn config(spec: &Spec, rootfs: &Path) -> Value {
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
+            // A Dockerfile is untrusted input: RUN gets the same defences
+            // as a container (no device access but the runtime's defaults,
+            // Docker's seccomp profile for these capabilities).
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "seccomp": seccomp,
             "maskedPaths": ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
                 "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                 "/proc/sysrq-trigger"],
         },
-    })
+    }))
 }
 
 /// Run the container to completion; `output` gets each line it writes to
@@ -135,7 +148,7 @@ pub fn run(
         path: bundle.to_path_buf(),
         source,
     })?;
-    let cfg = serde_json::to_vec(&config(spec, rootfs)).expect("a JSON value serialises");
+    let cfg = serde_json::to_vec(&config(spec, rootfs)?).expect("a JSON value serialises");
     let cfg_path = bundle.join("config.json");
     std::fs::write(&cfg_path, cfg).map_err(|source| Error::Io {
         op: "write",

@@ -132,13 +132,15 @@ fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let body = req.body_stream();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let send_err = |tx: mpsc::Sender<Bytes>, msg: String| async move {
+        let send_err = |tx: mpsc::Sender<Bytes>, msg: String, code: Option<i32>| async move {
+            let mut detail = serde_json::json!({"message": msg});
+            if let Some(code) = code {
+                detail["code"] = code.into();
+            }
             let _ = tx
                 .send(Bytes::from(
-                    serde_json::to_vec(
-                        &serde_json::json!({"errorDetail": {"message": msg}, "error": msg}),
-                    )
-                    .unwrap_or_default(),
+                    serde_json::to_vec(&serde_json::json!({"errorDetail": detail, "error": msg}))
+                        .unwrap_or_default(),
                 ))
                 .await;
             let _ = tx.send(Bytes::from_static(b"\r\n")).await;
@@ -180,12 +182,12 @@ fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
             Ok(Ok(_)) => {}
             Ok(Err(msg)) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                send_err(tx, msg).await;
+                send_err(tx, msg, None).await;
                 return;
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                send_err(tx, e.to_string()).await;
+                send_err(tx, e.to_string(), None).await;
                 return;
             }
         }
@@ -249,7 +251,7 @@ fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
             }
             Err(e) => {
                 tracing::info!(error = %chain(&e), "build failed");
-                send_err(tx, chain(&e)).await;
+                send_err(tx, chain(&e), e.run_exit_code()).await;
             }
         }
     });

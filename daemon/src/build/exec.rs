@@ -110,6 +110,20 @@ pub enum Error {
     Task(String),
 }
 
+impl Error {
+    /// The exit code of the RUN step that failed the build, if that is what
+    /// failed it: Docker sends it as `errorDetail.code` and the docker CLI
+    /// exits with it.
+    pub fn run_exit_code(&self) -> Option<i32> {
+        match self {
+            Error::RunFailed { code, .. } => Some(*code),
+            Error::At { source, .. } => source.run_exit_code(),
+            Error::Shared(inner) => inner.run_exit_code(),
+            _ => None,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {

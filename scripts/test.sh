@@ -41,4 +41,4 @@ fi
 echo "guest kernel ready $(( $(date +%s) - kstart )) s after it started"
 
 echo "== tests"
-cargo test --workspace --locked -- --test-threads "${VESSEL_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${VESSEL_TEST_THREADS:-4}"

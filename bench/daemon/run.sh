@@ -77,6 +77,7 @@ pids=()
 iptables-save >"$work/iptables.before" 2>/dev/null || true
 ip6tables-save >"$work/ip6tables.before" 2>/dev/null || true
 fwd_before=$(cat /proc/sys/net/ipv4/ip_forward)
+nft_tables_before=$(nft list tables 2>/dev/null || true)
 links_before=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
 cleanup() {
     set +e
@@ -98,6 +99,11 @@ cleanup() {
     done
     [ -s "$work/iptables.before" ] && iptables-restore <"$work/iptables.before"
     [ -s "$work/ip6tables.before" ] && ip6tables-restore <"$work/ip6tables.before"
+    # Tables that did not exist before (dockerd's and podman's netavark
+    # create ip filter / ip nat through iptables-nft) go entirely.
+    nft list tables 2>/dev/null | while read -r _ family name; do
+        grep -qx "table $family $name" <<<"$nft_tables_before" || nft delete table "$family" "$name"
+    done
     echo "$fwd_before" >/proc/sys/net/ipv4/ip_forward
     rm -rf "$work"
 }

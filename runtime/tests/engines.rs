@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -147,47 +146,6 @@ fn wait_for_processes(dir: &Path) {
     }
 }
 
-/// Drive a program on a pseudo-terminal: write `input` once the prompt
-/// shows, collect everything until the program exits.
-fn run_on_pty(mut cmd: Command, prompt: &[u8], input: &[u8]) -> (String, i32) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = std::fs::File::from(pty.slave);
-    cmd.stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave);
-    // SAFETY: setsid and TIOCSCTTY between fork and exec are
-    // async-signal-safe; they make the pty the child's controlling terminal.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    let mut master = std::fs::File::from(pty.master);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut sent = false;
-    loop {
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-        if !sent && out.windows(prompt.len()).any(|w| w == prompt) {
-            master.write_all(input).unwrap();
-            sent = true;
-        }
-    }
-    let status = child.wait().unwrap();
-    (
-        String::from_utf8_lossy(&out).into_owned(),
-        status.code().unwrap_or(-1),
-    )
-}
-
 #[test]
 fn podman_runs_containers_with_vessel_runtime() {
     need_root!();
@@ -239,7 +197,8 @@ fn podman_runs_containers_with_vessel_runtime() {
         "busybox-image",
         "sh",
     ]);
-    let (text, code) = run_on_pty(cmd, b"# ", b"tty; echo answer-$((6*7)); exit 3\r");
+    let (text, code) =
+        vessel_testkit::run_on_pty(cmd, b"# ", b"tty; echo answer-$((6*7)); exit 3\r");
     assert!(text.contains("/dev/pts/0"), "{text}");
     assert!(text.contains("answer-42"), "{text}");
     assert_eq!(code, 3, "{text}");

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{Daemon, json, run_on_pty};
+use common::{Daemon, json};
+use vessel_testkit::run_on_pty;
 
 macro_rules! need {
     () => {

@@ -328,38 +328,6 @@ fn daemon_restart_keeps_published_ports_without_duplicate_rules() {
     d.ok(&["rm", "-f", "srv"]);
 }
 
-/// A virtual environment with testcontainers-python, made once per target
-/// directory (from PyPI, like the other Python clients of the suite).
-fn testcontainers_env() -> Option<std::path::PathBuf> {
-    use std::process::{Command, Stdio};
-    let dir = vessel_testkit::fixtures_dir().join("testcontainers-venv");
-    let python = dir.join("bin/python3");
-    vessel_testkit::with_lock(
-        &vessel_testkit::fixtures_dir().join("testcontainers.lock"),
-        || {
-            let ready = dir.join(".ready");
-            if ready.exists() {
-                return;
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            let ok = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&dir)
-                .status()
-                .is_ok_and(|s| s.success())
-                && Command::new(dir.join("bin/pip"))
-                    .args(["install", "--quiet", "testcontainers==4.15.0"])
-                    .stdin(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-            if ok {
-                std::fs::write(&ready, b"").unwrap();
-            }
-        },
-    );
-    dir.join(".ready").exists().then_some(python)
-}
-
 const TESTCONTAINERS_SCRIPT: &str = r#"
 import urllib.request
 from testcontainers.core.container import DockerContainer
@@ -374,7 +342,7 @@ with c:
 #[test]
 fn testcontainers_python_reaches_a_published_port() {
     need!();
-    let python = testcontainers_env();
+    let python = vessel_testkit::python_venv("testcontainers", "testcontainers==4.15.0");
     vessel_testkit::require!(
         python.is_some(),
         "testcontainers-python could not be installed"

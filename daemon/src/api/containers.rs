@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::streams::{
-    DEFAULT_DETACH_KEYS, Hijack, body_stream, docker_frame, parse_detach_keys, spawn_hijacked,
-    upgrade_response,
+    DEFAULT_DETACH_KEYS, Hijack, body_stream, content_type, docker_frame, error_on_stream,
+    parse_detach_keys, spawn_hijacked, upgrade_response,
 };
 use super::{Body, Req, json as json_resp, status, streaming};
 use crate::engine::container::{Container, Status, parse_rfc3339};
@@ -590,10 +590,9 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
             let conn = match engine.exec_launch(prepared).await {
                 Ok(conn) => conn,
                 Err(e) if !detach => {
-                    let mut text = e.message.into_bytes();
-                    text.extend_from_slice(b"\r\n");
-                    let out = if tty { text } else { docker_frame(1, &text) };
-                    return Ok(failed_stream(tty, out));
+                    let (tx, rx) = mpsc::channel(1);
+                    let _ = tx.try_send(Bytes::from(error_on_stream(tty, &e.message)));
+                    return Ok(streaming(StatusCode::OK, content_type(tty), rx));
                 }
                 Err(e) => return Err(e),
             };
@@ -623,19 +622,6 @@ pub async fn exec_route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<B
             format!("page not found: {m} /{}", p.join("/")),
         )),
     }
-}
-
-/// A response body that carries only `out` and ends: an exec whose process
-/// could not be started, for a client that did not upgrade.
-fn failed_stream(tty: bool, out: Vec<u8>) -> Response<Body> {
-    let (tx, rx) = mpsc::channel(1);
-    let _ = tx.try_send(Bytes::from(out));
-    let ct = if tty {
-        "application/vnd.docker.raw-stream"
-    } else {
-        "application/vnd.docker.multiplexed-stream"
-    };
-    streaming(StatusCode::OK, ct, rx)
 }
 
 /// The `detachKeys` of an attach request, or Docker's default.

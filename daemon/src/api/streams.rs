@@ -26,12 +26,20 @@ pub fn docker_frame(stream: u8, data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn content_type(tty: bool) -> &'static str {
+/// The media type of an attach/exec stream.
+pub fn content_type(tty: bool) -> &'static str {
     if tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
     }
+}
+
+/// An error written on a stream instead of an HTTP status, as Docker does
+/// once the stream has begun: the text and CRLF, on stdout when multiplexed.
+pub fn error_on_stream(tty: bool, message: &str) -> Vec<u8> {
+    let text = format!("{message}\r\n").into_bytes();
+    if tty { text } else { docker_frame(1, &text) }
 }
 
 /// The 101 response that starts a hijacked stream.
@@ -176,10 +184,7 @@ pub fn spawn_hijacked(
                 // The process never started (or the attach failed after the
                 // switch): the client reads why on the stream, as with Docker.
                 tracing::debug!(error = %e.message, "attach");
-                let mut text = e.message.into_bytes();
-                text.extend_from_slice(b"\r\n");
-                let out = if tty { text } else { docker_frame(1, &text) };
-                let _ = client_w.write_all(&out).await;
+                let _ = client_w.write_all(&error_on_stream(tty, &e.message)).await;
                 let _ = client_w.shutdown().await;
                 on_exit(None);
                 return;

@@ -170,17 +170,9 @@ impl Engine {
         serde_json::from_value(p).map_err(|e| Error::internal(format!("exec process: {e}")))
     }
 
-    /// `POST /exec/{id}/start`: run it; the connection carries its streams
-    /// and ends with its exit status.
-    pub async fn exec_start(&self, exec_id: &str) -> Result<(shim::Conn, Arc<Exec>)> {
-        let prepared = self.exec_prepare(exec_id).await?;
-        let exec = prepared.exec.clone();
-        Ok((self.exec_launch(prepared).await?, exec))
-    }
-
-    /// The checks and set-up of a start that can still fail as an API error
-    /// (unknown exec, already started, container not running); the process
-    /// itself starts in [`Engine::exec_launch`].
+    /// `POST /exec/{id}/start`, first half: the checks and set-up that can
+    /// still fail as an API error (unknown exec, already started, container
+    /// not running); the process itself starts in [`Engine::exec_launch`].
     pub async fn exec_prepare(&self, exec_id: &str) -> Result<PreparedExec> {
         let exec = self.exec_get(exec_id)?;
         {

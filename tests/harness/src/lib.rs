@@ -249,6 +249,98 @@ pub fn cargo_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// The Python of a virtual environment with `requirement` installed from
+/// PyPI (for example `docker==7.1.0`), made once per target directory under
+/// the fixtures, or `None` when it cannot be installed.
+pub fn python_venv(name: &str, requirement: &str) -> Option<PathBuf> {
+    let dir = fixtures_dir().join(format!("{name}-venv"));
+    let ready = dir.join(".ready");
+    with_lock(&fixtures_dir().join(format!("{name}.lock")), || {
+        if ready.exists() {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(dir.join("bin/pip"))
+                .args(["install", "--quiet", requirement])
+                .stdin(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if ok {
+            std::fs::write(&ready, b"").expect("mark the venv ready");
+        }
+    });
+    ready.exists().then(|| dir.join("bin/python3"))
+}
+
+/// Drive a program on a new pseudo-terminal (its controlling terminal and
+/// standard streams): write `input` once `prompt` shows, collect everything
+/// it writes until it exits. Returns the output and the exit code.
+pub fn run_on_pty(mut cmd: Command, prompt: &[u8], input: &[u8]) -> (String, i32) {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master_fd, mut slave_fd) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the given integers; the
+    // name, termios and window-size pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &raw mut master_fd,
+            &raw mut slave_fd,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened for us and are owned here.
+    let (master, slave) = unsafe {
+        (
+            OwnedFd::from_raw_fd(master_fd),
+            OwnedFd::from_raw_fd(slave_fd),
+        )
+    };
+    let slave = std::fs::File::from(slave);
+    cmd.stdin(slave.try_clone().expect("dup pty"))
+        .stdout(slave.try_clone().expect("dup pty"))
+        .stderr(slave);
+    // SAFETY: setsid and TIOCSCTTY between fork and exec are
+    // async-signal-safe; they make the pty the child's controlling terminal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn on the pty");
+    // Our copies of the slave must close, or the master never sees the end.
+    drop(cmd);
+    let mut master = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut sent = false;
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if !sent && out.windows(prompt.len()).any(|w| w == prompt) {
+            master.write_all(input).expect("write to the pty");
+            sent = true;
+        }
+    }
+    let status = child.wait().expect("wait for the program on the pty");
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        status.code().unwrap_or(-1),
+    )
+}
+
 /// Processes whose command line mentions `needle`, for leak checks.
 pub fn processes_matching(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();

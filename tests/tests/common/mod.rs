@@ -212,48 +212,6 @@ impl Daemon {
     }
 }
 
-/// Drive a program on a pseudo-terminal: send `input` once `prompt` shows;
-/// return everything it wrote and its exit code.
-pub fn run_on_pty(mut cmd: Command, prompt: &[u8], input: &[u8]) -> (String, i32) {
-    use std::io::{Read, Write};
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = std::fs::File::from(pty.slave);
-    cmd.stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave);
-    // SAFETY: setsid and TIOCSCTTY between fork and exec are
-    // async-signal-safe; they give the child the pty as its terminal.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    let mut master = std::fs::File::from(pty.master);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut sent = false;
-    loop {
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-        if !sent && out.windows(prompt.len()).any(|w| w == prompt) {
-            master.write_all(input).unwrap();
-            sent = true;
-        }
-    }
-    let status = child.wait().unwrap();
-    (
-        String::from_utf8_lossy(&out).into_owned(),
-        status.code().unwrap_or(-1),
-    )
-}
-
 /// Parse JSON output.
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))

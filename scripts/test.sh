@@ -26,13 +26,13 @@ trap 'kill -- -"$kernel_pid" 2>/dev/null; rm -f "$kernel_log"' EXIT
 echo "== rustfmt"
 cargo fmt --all -- --check
 
-echo "== clippy"
+echo "== clippy ($(( $(date +%s) - kstart )) s in)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== build"
+echo "== build ($(( $(date +%s) - kstart )) s in)"
 cargo build --workspace --all-targets --locked
 
-echo "== waiting for the guest kernel"
+echo "== waiting for the guest kernel ($(( $(date +%s) - kstart )) s in)"
 if ! wait "$kernel_pid"; then
     cat "$kernel_log" >&2
     echo "test.sh: building the guest kernel failed" >&2
@@ -40,5 +40,23 @@ if ! wait "$kernel_pid"; then
 fi
 echo "guest kernel ready $(( $(date +%s) - kstart )) s after it started"
 
-echo "== tests"
-cargo test --workspace --locked --no-fail-fast -- --test-threads "${VESSEL_TEST_THREADS:-4}"
+echo "== tests ($(( $(date +%s) - kstart )) s in)"
+# The output is kept so that, when something fails, the failures are
+# repeated at the end where a truncated log still shows them.
+test_log=$(mktemp /tmp/vessel-test-log.XXXXXX)
+trap 'kill -- -"$kernel_pid" 2>/dev/null; rm -f "$kernel_log" "$test_log"' EXIT
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${VESSEL_TEST_THREADS:-4}" \
+    2>&1 | tee "$test_log" || status=$?
+echo "== done in $(( $(date +%s) - kstart )) s"
+if [ "$status" -ne 0 ]; then
+    echo "== failures (repeated from above)"
+    # Each failing test's own section: from its "---- name stdout ----"
+    # header to the next blank-line-separated "failures:" list, capped so
+    # one huge console dump cannot hide the others.
+    awk '/^---- .* stdout ----$/ {on=1; n=0}
+         on && n < 60 {print; n++}
+         /^failures:$/ && on {on=0}' "$test_log"
+    grep -E '^error: .*target.*failed|^    `-p ' "$test_log" || true
+fi
+exit "$status"

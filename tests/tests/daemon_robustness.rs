@@ -143,6 +143,26 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
+/// What each of a process's descriptors points at, for leak reports.
+fn fd_targets(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = dir
+        .filter_map(Result::ok)
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Resident set size of a process in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -169,7 +189,7 @@ fn fifty_concurrent_runs() {
         d.ok(&["run", "--rm", "busybox", "true"]);
     }
     let pid = d.pid();
-    let fds_before = fd_count(pid);
+    let fds_before = fd_targets(pid);
     let rss_before = rss_kib(pid);
     let mounts_before = mounts_below(d.tmp.path());
 
@@ -207,11 +227,17 @@ fn fifty_concurrent_runs() {
     assert!(shims.is_empty(), "shims left: {shims:?}");
     // Connections of the last removals may still be closing when the CLI
     // returns; a leak is a count that never comes back.
-    wait_until(
-        "the daemon's descriptors to come back to the baseline",
-        || fd_count(pid) <= fds_before,
-    );
-    assert_eq!(fd_count(pid), fds_before, "file descriptors leaked");
+    // The baseline itself may hold a connection of the warm-up runs that
+    // was still closing, so coming back to it or below is the pass.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fd_count(pid) > fds_before.len() {
+        assert!(
+            Instant::now() < deadline,
+            "file descriptors leaked: before {fds_before:?}, now {:?}",
+            fd_targets(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Memory: the allocator may keep some freed pages, but 50 containers'
     // worth of state must not stay resident.
     let rss_after = rss_kib(pid);

@@ -111,6 +111,8 @@ SOCK=$WORK/vessel.sock
 PIDS+=($!)
 wait_for "[ -S $SOCK ]" vesseld "$!"
 export DOCKER_HOST=unix://$SOCK VESSEL_HOST=unix://$SOCK DOCKER_CONFIG=$WORK/docker-config
+# podman reads DOCKER_CONFIG too and refuses a directory without a config.
+mkdir -p "$DOCKER_CONFIG" && echo '{}' >"$DOCKER_CONFIG/config.json"
 PODMAN="podman --root $WORK/podman/root --runroot $WORK/podman/run --storage-driver overlay"
 
 RMI_VESSEL="docker rmi -f $IMAGE >/dev/null 2>&1 || true"

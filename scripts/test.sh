@@ -21,7 +21,7 @@ kernel_log=$(mktemp /tmp/vessel-kernel-build.XXXXXX)
 kstart=$(date +%s)
 setsid nice runtime/vmm/guest/build-kernel.sh >"$kernel_log" 2>&1 &
 kernel_pid=$!
-trap 'kill -- -"$kernel_pid" 2>/dev/null; rm -f "$kernel_log"' EXIT
+trap 'kill -- -"$kernel_pid" 2>/dev/null || true; rm -f "$kernel_log"' EXIT
 
 echo "== rustfmt"
 cargo fmt --all -- --check
@@ -44,7 +44,7 @@ echo "== tests ($(( $(date +%s) - kstart )) s in)"
 # The output is kept so that, when something fails, the failures are
 # repeated at the end where a truncated log still shows them.
 test_log=$(mktemp /tmp/vessel-test-log.XXXXXX)
-trap 'kill -- -"$kernel_pid" 2>/dev/null; rm -f "$kernel_log" "$test_log"' EXIT
+trap 'kill -- -"$kernel_pid" 2>/dev/null || true; rm -f "$kernel_log" "$test_log"' EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${VESSEL_TEST_THREADS:-4}" \
     2>&1 | tee "$test_log" || status=$?

@@ -277,3 +277,101 @@ fn docker_py_sdk() {
         "{stdout}"
     );
 }
+
+fn links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Deletes a link when dropped (a test that fails early leaves none).
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Work the daemon leaves for later (deleting a removed container's files
+/// and its host-side veth) or could not finish (a `--rm` container whose
+/// process ended while the daemon was dead) is finished by the next daemon.
+#[test]
+fn restarted_daemon_finishes_removals_and_teardown() {
+    need!();
+    vessel_testkit::require!(
+        vessel_testkit::have_command("ip"),
+        "needs ip(8) to plant a stray link"
+    );
+    let mut d = Daemon::start("finish");
+    d.load_busybox();
+    let id = d
+        .ok(&["run", "-d", "--rm", "busybox", "sleep", "300"])
+        .trim()
+        .to_string();
+    let info = json(&d.ok(&["inspect", &id]));
+    let pid = info[0]["State"]["Pid"].as_i64().unwrap();
+    let bridge = json(&d.ok(&["network", "inspect", "bridge"]))[0]["Options"]
+        ["com.docker.network.bridge.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let veth = format!("ve{}", &id[..11]);
+    assert!(links().iter().any(|l| l.starts_with(&veth)));
+
+    // The daemon dies; then the container's process ends.
+    d.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let run_dir = d.tmp.join("run").display().to_string();
+    wait_until("the shim to record the exit and end", || {
+        vessel_testkit::processes_matching(&run_dir).is_empty()
+    });
+    // What a daemon that died in the middle of deferred work leaves: a
+    // veth on its bridge that no record names, files in the trash.
+    let stray = format!("vst{}", std::process::id() % 100_000);
+    let st = Command::new("ip")
+        .args(["link", "add", &stray, "type", "veth", "peer", "name"])
+        .arg(format!("vsp{}", std::process::id() % 100_000))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _guard = LinkGuard(stray.clone());
+    let st = Command::new("ip")
+        .args(["link", "set", &stray, "master", &bridge])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let trash = d.tmp.join("root/trash/left-by-a-crash");
+    std::fs::create_dir_all(trash.join("upper/etc")).unwrap();
+    std::fs::write(trash.join("upper/etc/motd"), b"x").unwrap();
+
+    d.spawn();
+    // The `--rm` container is gone, with its network.
+    assert_eq!(d.ok(&["ps", "-aq"]), "");
+    let now = links();
+    assert!(!now.iter().any(|l| l.starts_with(&veth)), "{now:?}");
+    assert!(!now.contains(&stray), "stray veth left: {now:?}");
+    let netns = d.tmp.join("run/netns");
+    assert!(
+        std::fs::read_dir(&netns).map_or(true, |mut r| r.next().is_none()),
+        "no namespace left in {}",
+        netns.display()
+    );
+    assert!(!d.tmp.join("root/containers").join(&id).exists());
+    wait_until("the trash to be emptied", || !trash.exists());
+    // Removal goes on working, and leaves nothing in the trash.
+    d.ok(&["run", "--rm", "busybox", "true"]);
+    wait_until("the removed container's files to go", || {
+        std::fs::read_dir(d.tmp.join("root/trash")).map_or(true, |mut r| r.next().is_none())
+            && std::fs::read_dir(d.tmp.join("run/trash")).map_or(true, |mut r| r.next().is_none())
+    });
+}

@@ -251,14 +251,27 @@ fn networks_names_ports_modes_and_cleanup() {
     );
     d.ok(&["rm", "-f", "web", "pub"]);
     d.ok(&["network", "rm", &net]);
-    let now = links();
-    for id in &ids {
+    // The host-side veths are deleted after the removal is reported.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = links();
+        let left: Vec<&String> = now
+            .iter()
+            .filter(|l| {
+                ids.iter()
+                    .any(|id| l.starts_with(&format!("ve{}", &id[..11])))
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
         assert!(
-            !now.iter()
-                .any(|l| l.starts_with(&format!("ve{}", &id[..11]))),
-            "veth of {id} is gone: {now:?}"
+            std::time::Instant::now() < deadline,
+            "veths of removed containers stay: {left:?}"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let now = links();
     assert!(
         !now.iter().any(|l| l.ends_with(&format!("-{}", &nid[..6]))),
         "bridge of {net} is gone: {now:?}"

@@ -42,6 +42,16 @@ impl Paths {
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }
+    /// Where removed directories wait for their deletion: `trash` under
+    /// the exec root for what lives there, under the root otherwise (so
+    /// moving a directory there is a rename on the same file system).
+    pub fn trash_for(&self, dir: &Path) -> PathBuf {
+        if dir.starts_with(&self.exec_root) {
+            self.exec_root.join("trash")
+        } else {
+            self.root.join("trash")
+        }
+    }
 }
 
 /// A container's lifecycle status, with Docker's names.
@@ -253,6 +263,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     f.write_all(data)?;
     f.sync_all()?;
     drop(f);
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Like [`write_atomic`] without the fsync: a crash of the daemon leaves
+/// the old or the new content, a crash of the machine may leave neither.
+/// For files written anew before each use.
+pub fn write_replace(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

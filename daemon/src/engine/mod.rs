@@ -21,6 +21,7 @@ pub mod net;
 pub mod shim;
 pub mod spec;
 pub mod stats;
+pub mod timing;
 pub mod types;
 pub mod volumes;
 
@@ -123,11 +124,16 @@ impl Entry {
 
     /// Save the record and publish it to readers of `view`.
     pub fn persist(&self, paths: &Paths, c: &Container) -> Result<()> {
+        self.publish(c);
+        c.save(paths)
+    }
+
+    /// Publish the record to readers of `view` without saving it.
+    fn publish(&self, c: &Container) {
         *self
             .view
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = c.clone();
-        c.save(paths)
     }
 
     /// Subscribe to changes.
@@ -193,6 +199,7 @@ impl Engine {
         ] {
             std::fs::create_dir_all(&d)?;
         }
+        empty_trash(&paths);
         let img_dir = paths.images();
         let images = blocking(move || ImageStore::open(&img_dir).map_err(Error::from)).await?;
         let engine = Arc::new(Engine {
@@ -220,6 +227,7 @@ impl Engine {
     async fn restore(self: &Arc<Self>) {
         let records = container::load_all(&self.paths);
         let mut to_restart = Vec::new();
+        let mut to_remove = Vec::new();
         for mut c in records {
             let id = c.id.clone();
             self.names
@@ -254,6 +262,12 @@ impl Engine {
                     to_restart.push(id.clone());
                 }
             }
+            // A `--rm` container that ran and is not running any more (it
+            // ended while the daemon was away, or the daemon died while
+            // removing it) is removed now, as Docker does.
+            if c.host_config.auto_remove && c.has_been_started && !c.state.status.is_live() {
+                to_remove.push(id.clone());
+            }
             let entry = Entry::new(c);
             self.containers
                 .write()
@@ -272,6 +286,11 @@ impl Engine {
             }
             Err(e) => {
                 tracing::error!(error = %error::chain(&e), "networking could not start: bridge networks are unavailable");
+            }
+        }
+        for id in to_remove {
+            if let Err(e) = self.remove(&id, true, true).await {
+                tracing::warn!(%id, error = %e, "auto-remove after daemon start");
             }
         }
         for id in to_restart {
@@ -360,10 +379,13 @@ impl Engine {
                 "config cannot be empty in order to create a container",
             ));
         }
+        let _total = timing::step("create", "total", "");
         let image_ref = req.config.image.clone();
         let images = self.images.clone();
         let r = image_ref.clone();
+        let t = timing::step("create", "inspect image", "");
         let details = blocking(move || images.inspect(&r).map_err(Error::from)).await?;
+        drop(t);
         let img = details.config.config.clone().unwrap_or_default();
         let image_id = details.record.id.to_string();
         let hc = &mut req.host_config;
@@ -503,12 +525,16 @@ impl Engine {
         c.mounts = self.plan_mounts(&c)?;
         let images = self.images.clone();
         let (img_id, cid) = (c.image_id.clone(), id.clone());
+        let t = timing::step("create", "hold image", &id);
         blocking(move || images.hold(&img_id, &cid).map(drop).map_err(Error::from)).await?;
+        drop(t);
         write_etc_files(&c, &dir, None)?;
+        let t = timing::step("create", "save record", &id);
         if let Err(e) = c.save(&self.paths) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
+        drop(t);
         self.events.emit("container", "create", &id, attrs(&c));
         self.names
             .write()
@@ -805,20 +831,27 @@ impl Engine {
 
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>, c: &mut Container) -> Result<()> {
         let id = c.id.clone();
+        let _total = timing::step("start", "total", &id);
         let dir = self.paths.container(&id);
         let rootfs = dir.join("rootfs");
+        let t = timing::step("start", "mount rootfs", &id);
         self.mount_rootfs(c).await?;
+        drop(t);
         self.prepare_volumes(c).await?;
         let images = self.images.clone();
         let img = c.image_id.clone();
+        let t = timing::step("start", "inspect image", &id);
         let image_env = blocking(move || {
             let d = images.inspect(&img)?;
             Ok(d.config.config.and_then(|r| r.env).unwrap_or_default())
         })
         .await?;
+        drop(t);
         let mut join = BTreeMap::new();
         if let net::Mode::Bridge(reqs) = self.mode(c).await? {
+            let t = timing::step("start", "set up network", &id);
             let (ns, attached) = self.setup_network(c, &reqs).await?;
+            drop(t);
             join.insert("network", ns);
             write_etc_files(c, &dir, Some(&attached))?;
         }
@@ -839,7 +872,9 @@ impl Engine {
             mounts: oci_mounts(&c.mounts)?,
             join,
         };
+        let t = timing::step("start", "build spec", &id);
         let mut spec = spec::build(c, &inputs)?;
+        drop(t);
         if c.host_config.runtime == RUNTIME_VM {
             // The shim boots a VM from the mounted root filesystem (imaged
             // per container) with the spec's process and resources.
@@ -867,8 +902,10 @@ impl Engine {
             }
         }
         let bundle = dir.join("bundle");
+        let t = timing::step("start", "write bundle", &id);
         std::fs::create_dir_all(&bundle)?;
-        container::write_atomic(
+        // Written anew before every start: no need to outlive a machine crash.
+        container::write_replace(
             &bundle.join("config.json"),
             &serde_json::to_vec_pretty(&spec).map_err(|e| Error::internal(e.to_string()))?,
         )?;
@@ -889,9 +926,12 @@ impl Engine {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(1),
         });
+        drop(t);
         let state_dir = self.paths.shim(&id);
         // A runtime container left from a crash would block the create.
+        let t = timing::step("start", "clean runtime state", &id);
         let _ = self.cleanup_runtime(&id).await;
+        drop(t);
         let cfg = ShimConfig {
             id: id.clone(),
             bundle,
@@ -902,7 +942,10 @@ impl Engine {
             stdin_once: c.config.stdin_once,
             log,
         };
+        let t = timing::step("start", "launch shim", &id);
         let pid = shim::launch(&self.shim_binary, &cfg).await?;
+        drop(t);
+        let t = timing::step("start", "wait for attach", &id);
         // Let attach requests that came before start connect first.
         entry.update(|s| s.created_process = true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -918,7 +961,10 @@ impl Engine {
                 break;
             }
         }
+        drop(t);
+        let t = timing::step("start", "shim start", &id);
         shim::call(&state_dir, &Request::Start).await?;
+        drop(t);
         c.state = State {
             status: Status::Running,
             pid,
@@ -937,7 +983,9 @@ impl Engine {
         };
         c.has_been_started = true;
         c.manually_stopped = false;
+        let t = timing::step("start", "persist", &id);
         entry.persist(&self.paths, c)?;
+        drop(t);
         entry.update(|s| {
             s.status = Status::Running;
             s.starts += 1;
@@ -1024,6 +1072,7 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let dir = engine.paths.shim(&id);
+            let t = timing::step("exit", "running", &id);
             let status = match shim::call(&dir, &Request::Wait).await {
                 Ok(resp) => resp.exit,
                 Err(e) => {
@@ -1031,6 +1080,7 @@ impl Engine {
                     None
                 }
             };
+            drop(t);
             let status = status.or_else(|| shim::read_exit(&dir));
             engine.exited(&id, status).await;
         });
@@ -1039,6 +1089,7 @@ impl Engine {
     /// A container's process ended: record it, clean up, apply policies.
     async fn exited(self: &Arc<Self>, id: &str, status: Option<ExitStatus>) {
         let Ok(entry) = self.get(id) else { return };
+        let total = timing::step("exit", "total", id);
         let mut c = entry.rec.lock().await;
         if !c.state.status.is_live() && c.state.status != Status::Restarting {
             return;
@@ -1055,9 +1106,21 @@ impl Engine {
         if let Some(h) = &mut c.state.health {
             h.status = "unhealthy".into();
         }
-        let _ = entry.persist(&self.paths, &c);
+        let t = timing::step("exit", "persist", id);
+        if c.host_config.auto_remove {
+            // Removed in a moment; should the daemon die first, the next
+            // one finds the shim gone and removes the container then.
+            entry.publish(&c);
+        } else {
+            let _ = entry.persist(&self.paths, &c);
+        }
+        drop(t);
+        let t = timing::step("exit", "clean runtime state", id);
         let _ = self.cleanup_runtime(id).await;
+        drop(t);
+        let t = timing::step("exit", "release network", id);
         self.release_network(id).await;
+        drop(t);
         if c.state.oom_killed {
             self.events.emit("container", "oom", id, attrs(&c));
         }
@@ -1079,6 +1142,7 @@ impl Engine {
         }
         let count = c.restart_count;
         drop(c);
+        drop(total);
         if auto_remove {
             if let Err(e) = self.remove(id, true, true).await {
                 tracing::warn!(%id, error = %e, "auto-remove");
@@ -1403,10 +1467,16 @@ impl Engine {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = c.clone();
         let id = c.id.clone();
+        let _total = timing::step("remove", "total", &id);
         let dir = self.paths.container(&id);
+        let t = timing::step("remove", "clean runtime state", &id);
         let _ = self.cleanup_runtime(&id).await;
+        drop(t);
+        let t = timing::step("remove", "release network", &id);
         self.release_network(&id).await;
+        drop(t);
         let rootfs = dir.join("rootfs");
+        let t = timing::step("remove", "unmount rootfs", &id);
         if is_mountpoint(&rootfs) {
             let r = rootfs.clone();
             blocking(move || {
@@ -1415,11 +1485,16 @@ impl Engine {
             })
             .await?;
         }
-        let _ = std::fs::remove_dir_all(self.paths.shim(&id));
-        std::fs::remove_dir_all(&dir)?;
+        drop(t);
+        let t = timing::step("remove", "delete directories", &id);
+        let _ = discard(&self.paths, &self.paths.shim(&id));
+        discard(&self.paths, &dir)?;
+        drop(t);
         let images = self.images.clone();
         let cid = id.clone();
+        let t = timing::step("remove", "release image", &id);
         let _ = blocking(move || images.release(&cid).map_err(Error::from)).await;
+        drop(t);
         if volumes {
             for m in &c.mounts {
                 if m.kind == "volume" && !in_use.contains(&m.name) {
@@ -1771,6 +1846,59 @@ impl AttachTicket {
 impl Drop for AttachTicket {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// Take a removed container's directory out of the way at once (a rename
+/// into the trash) and delete it in the background: deleting a container's
+/// files is metadata work that a busy file system makes slow, and nothing
+/// needs it done before the removal is reported. What a crash leaves in
+/// the trash is deleted at the next start ([`empty_trash`]).
+fn discard(paths: &Paths, dir: &Path) -> Result<()> {
+    let trash = paths.trash_for(dir);
+    let Some(name) = dir.file_name() else {
+        return Ok(std::fs::remove_dir_all(dir)?);
+    };
+    let target = trash.join(name);
+    let moved = std::fs::create_dir_all(&trash).and_then(|()| std::fs::rename(dir, &target));
+    match moved {
+        Ok(()) => {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&target) {
+                    tracing::warn!(dir = %target.display(), error = %e, "deleting a removed container's files");
+                }
+            });
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => Ok(()),
+        // Another file system, or a name clash: delete in place.
+        Err(_) => Ok(std::fs::remove_dir_all(dir)?),
+    }
+}
+
+/// Delete, in the background, what removals left in the trash directories
+/// when the daemon stopped (see [`discard`]).
+fn empty_trash(paths: &Paths) {
+    let mut dirs = vec![
+        paths.trash_for(&paths.root),
+        paths.trash_for(&paths.exec_root),
+    ];
+    dirs.dedup();
+    for trash in dirs {
+        let Ok(entries) = std::fs::read_dir(&trash) else {
+            continue;
+        };
+        let left: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        if left.is_empty() {
+            continue;
+        }
+        tokio::task::spawn_blocking(move || {
+            for p in left {
+                if let Err(e) = std::fs::remove_dir_all(&p) {
+                    tracing::warn!(dir = %p.display(), error = %e, "emptying the trash");
+                }
+            }
+        });
     }
 }
 

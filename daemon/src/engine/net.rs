@@ -186,18 +186,24 @@ impl Engine {
         let net = self.network()?.clone();
         let id = c.id.clone();
         let n2 = net.clone();
+        let t = super::timing::step("start", "create netns", &c.id);
         let ns = tokio::task::spawn_blocking(move || n2.create_netns(&id))
             .await
             .map_err(|e| Error::internal(format!("task failed: {e}")))??;
+        drop(t);
         let mut first = Attached::default();
+        let t = super::timing::step("start", "attach networks", &c.id);
         for (i, r) in reqs.iter().enumerate() {
             let a = net.attach(&c.id, &c.name, r, &ns).await?;
             if i == 0 {
                 first = a;
             }
         }
+        drop(t);
         let ports = port_requests(c)?;
+        let t = super::timing::step("start", "publish ports", &c.id);
         net.publish(&c.id, &ports).await?;
+        drop(t);
         if let Some(rate) = c.config.labels.get(RATE_LABEL) {
             self.apply_rate(c, rate).await?;
         }

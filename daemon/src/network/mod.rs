@@ -218,6 +218,32 @@ pub struct Manager {
     nl: Netlink,
     mtu: u32,
     state: Mutex<State>,
+    teardown: Arc<Teardown>,
+}
+
+/// Host-side veths of released endpoints that are still being deleted.
+///
+/// Deleting a link waits for the kernel to quiesce it (RCU grace periods,
+/// tens of milliseconds on a busy host), so [`Manager::release`] drops the
+/// endpoint from the records and unpins the namespace at once and leaves
+/// the link deletion to a task. Links are deleted by index, so a new link
+/// of the same name (the container started again) is never hit. Should the
+/// daemon die first, the link is a port of our bridge that no record
+/// names, and [`Manager::open`] deletes it at the next start.
+#[derive(Default)]
+struct Teardown {
+    /// Link names whose deletion is under way.
+    pending: std::sync::Mutex<HashSet<String>>,
+    /// Signalled each time a deletion ends.
+    done: tokio::sync::Notify,
+}
+
+impl Teardown {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -304,6 +330,7 @@ impl Manager {
             nl,
             mtu,
             state: Mutex::new(st),
+            teardown: Arc::default(),
         });
         {
             let mut st = m.state.lock().await;
@@ -890,15 +917,24 @@ impl Manager {
                 what: format!("bridge {} of network {} is missing", n.bridge, n.name),
             })?;
         let mac = mac_of(ip);
+        if self.teardown.pending().contains(&host_veth) {
+            // The container's previous link of this name is still being
+            // deleted: finish that first.
+            self.nl.delete(&host_veth).await?;
+        }
+        let t = crate::engine::timing::step("start", "add veth", cid);
         self.nl
             .add_veth(&host_veth, &ifname, self.mtu, bridge, netns, mac)
             .await?;
+        drop(t);
         let (ifn, prefix) = (ifname.clone(), s.prefix);
         let route = (slot == 0).then_some(gw);
+        let t = crate::engine::timing::step("start", "configure inside", cid);
         let configured = netlink::in_netns(netns, move |nl| async move {
             nl.configure_inside(&ifn, ip, prefix, route).await
         })
         .await;
+        drop(t);
         if let Err(e) = configured {
             let _ = self.nl.delete(&host_veth).await;
             return Err(e);
@@ -920,7 +956,9 @@ impl Manager {
                 host_veth,
             },
         );
+        let t = crate::engine::timing::step("start", "save network", cid);
         self.save(&n)?;
+        drop(t);
         let nameserver = st.dns.contains_key(&n.id).then_some(gw);
         st.networks.insert(n.id.clone(), n);
         Self::refresh_dns(&mut st);
@@ -997,6 +1035,7 @@ impl Manager {
     pub async fn release(&self, cid: &str) -> Result<()> {
         let mut st = self.state.lock().await;
         let mut errs = Vec::new();
+        let mut links = Vec::new();
         let had_ports = st.ports.remove(cid).is_some();
         st.reserved.remove(cid);
         if had_ports {
@@ -1015,13 +1054,17 @@ impl Manager {
                 continue;
             };
             if let Some(ep) = n.endpoints.remove(cid) {
-                if let Err(e) = self.nl.delete(&ep.host_veth).await {
-                    errs.push(crate::engine::error::chain(&e));
+                match self.nl.index(&ep.host_veth).await {
+                    Ok(Some(index)) => links.push((ep.host_veth, index)),
+                    Ok(None) => {}
+                    Err(e) => errs.push(crate::engine::error::chain(&e)),
                 }
             }
+            let t = crate::engine::timing::step("release", "save network", cid);
             if let Err(e) = self.save(&n) {
                 errs.push(e.to_string());
             }
+            drop(t);
             st.networks.insert(id.clone(), n);
         }
         if !ids.is_empty() {
@@ -1032,9 +1075,12 @@ impl Manager {
                 errs.push(e.to_string());
             }
         }
+        let t = crate::engine::timing::step("release", "remove netns", cid);
         if let Err(e) = netns::remove(&self.netns_path(cid)) {
             errs.push(crate::engine::error::chain(&e));
         }
+        drop(t);
+        self.delete_links_later(links);
         if errs.is_empty() {
             Ok(())
         } else {
@@ -1044,11 +1090,54 @@ impl Manager {
         }
     }
 
+    /// Delete released links (name, index) in a task of their own; see
+    /// [`Teardown`].
+    fn delete_links_later(&self, links: Vec<(String, u32)>) {
+        if links.is_empty() {
+            return;
+        }
+        self.teardown
+            .pending()
+            .extend(links.iter().map(|(name, _)| name.clone()));
+        let nl = self.nl.clone();
+        let teardown = self.teardown.clone();
+        tokio::spawn(async move {
+            for (name, index) in links {
+                let t = crate::engine::timing::step("release", "delete veth", &name);
+                if let Err(e) = nl.delete_index(index).await {
+                    tracing::warn!(link = %name, error = %crate::engine::error::chain(&e), "link deletion");
+                }
+                drop(t);
+                teardown.pending().remove(&name);
+                teardown.done.notify_waiters();
+            }
+        });
+    }
+
+    /// Wait until every released link has been deleted.
+    pub async fn settled(&self) {
+        loop {
+            let done = self.teardown.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.teardown.pending().is_empty() {
+                return;
+            }
+            done.await;
+        }
+    }
+
     /// At daemon shutdown: when no container holds an endpoint any more,
     /// remove our bridges, the firewall table and the DNS responders, so a
     /// stopped daemon leaves nothing on the host. With running containers
     /// everything stays for the next daemon to adopt.
     pub async fn shutdown(&self) {
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(links = ?*self.teardown.pending(), "links still being deleted at shutdown");
+        }
         let mut st = self.state.lock().await;
         st.dns.clear();
         if st.networks.values().any(|n| !n.endpoints.is_empty()) {

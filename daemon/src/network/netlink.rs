@@ -129,6 +129,15 @@ impl Netlink {
         }
     }
 
+    /// Delete a link by index; a missing link is not an error.
+    pub async fn delete_index(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            Err(e) => Err(nl(format!("delete link {index}"))(e)),
+        }
+    }
+
     /// A veth pair: `host` on this side enslaved to `bridge` and up,
     /// `peer` created straight inside the namespace at `netns`.
     pub async fn add_veth(

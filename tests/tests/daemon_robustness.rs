@@ -1,6 +1,7 @@
 //! vesseld under stress and crashes, driven by the real docker CLI: a
 //! `kill -9` of the daemon while containers run (live restore), and 50
-//! concurrent `run --rm` (no failures, no leaked fds, mounts or memory).
+//! concurrent `run --rm` (no failures, no leaked fds, mounts or memory), and
+//! a restarted daemon finishing removals and teardown left for later.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -14,7 +14,11 @@
 # daemons' idle RSS.
 #
 #   bench/daemon/run.sh [--runs N] [--parallel N] [--idle N] [--results DIR]
-#                       [--skip docker,podman] [--no-build]
+#                       [--skip docker,podman] [--no-build] [--baseline DIR]
+#
+# --baseline DIR also measures the vesseld, vessel-shim and vessel binaries
+# in DIR (an earlier build) as `vessel-base`, on a daemon of its own, in the
+# same run, so a change can be compared under the same load.
 #
 # podman runs with runc (crun 1.8 refuses hybrid cgroup hosts).
 #
@@ -31,6 +35,7 @@ idle=20
 results=
 skip=
 build=1
+baseline=
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -40,7 +45,8 @@ while [ $# -gt 0 ]; do
         --results) results=$2; shift 2 ;;
         --skip) skip=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --baseline) baseline=$(cd "$2" && pwd); shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -66,6 +72,7 @@ fi
 bin=$target/release
 for b in vesseld vessel-shim vessel; do
     [ -x "$bin/$b" ] || { echo "run.sh: $bin/$b missing (build without --no-build)" >&2; exit 1; }
+    [ -z "$baseline" ] || [ -x "$baseline/$b" ] || { echo "run.sh: $baseline/$b missing" >&2; exit 1; }
 done
 
 work=$(mktemp -d /tmp/vessel-bench-daemon.XXXXXX)
@@ -81,9 +88,11 @@ nft_tables_before=$(nft list tables 2>/dev/null || true)
 links_before=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
 cleanup() {
     set +e
-    if [ -S "$work/vd.sock" ]; then
-        DOCKER_HOST=unix://$work/vd.sock docker rm -f $(DOCKER_HOST=unix://$work/vd.sock docker ps -aq) >/dev/null 2>&1
-    fi
+    for s in vd vb; do
+        if [ -S "$work/$s.sock" ]; then
+            DOCKER_HOST=unix://$work/$s.sock docker rm -f $(DOCKER_HOST=unix://$work/$s.sock docker ps -aq) >/dev/null 2>&1
+        fi
+    done
     if [ -S "$work/dd.sock" ]; then
         DOCKER_HOST=unix://$work/dd.sock docker rm -f $(DOCKER_HOST=unix://$work/dd.sock docker ps -aq) >/dev/null 2>&1
     fi
@@ -138,6 +147,14 @@ pids+=($!)
 vd_pid=$!
 wait_sock "$work/vd.sock"
 DOCKER_HOST=unix://$work/vd.sock docker load -q -i "$image" >/dev/null
+if [ -n "$baseline" ]; then
+    echo "== starting the baseline vesseld" >&2
+    "$baseline/vesseld" --root "$work/vb-root" --exec-root "$work/vb-run" -H "unix://$work/vb.sock" \
+        --shim-binary "$baseline/vessel-shim" >"$work/vesseld-base.log" 2>&1 &
+    pids+=($!)
+    wait_sock "$work/vb.sock"
+    DOCKER_HOST=unix://$work/vb.sock docker load -q -i "$image" >/dev/null
+fi
 
 dd_pid=
 if ! skipped docker; then
@@ -172,6 +189,7 @@ add() { names+=("$1"); cmds+=("$2"); }
 for net in default none; do
     flag=; [ "$net" = none ] && flag="--network none"
     add "vessel $net" "$bin/vessel -H unix://$work/vd.sock run --rm $flag busybox true"
+    [ -z "$baseline" ] || add "vessel-base $net" "$baseline/vessel -H unix://$work/vb.sock run --rm $flag busybox true"
     add "docker>vd $net" "env $vd docker run --rm $flag busybox true"
     skipped docker || add "docker $net" "env DOCKER_HOST=unix://$work/dd.sock docker run --rm $flag busybox true"
     skipped podman || add "podman $net" "podman --root $work/podman/root --runroot $work/podman/run --cgroup-manager cgroupfs --events-backend none --runtime runc run --rm $flag busybox true"
@@ -179,6 +197,7 @@ done
 
 args=()
 for i in "${!names[@]}"; do args+=(-n "${names[$i]}" "${cmds[$i]}"); done
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== one at a time ($runs runs each)" >&2
 hyperfine -N --warmup 3 --runs "$runs" --export-json "$results/single.json" "${args[@]}" >"$results/single.txt"
 
@@ -232,6 +251,7 @@ fi
 
 {
     echo "# bench/daemon $(date -u +%FT%TZ) on $(nproc) cores"
+    echo "load average: $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
     echo
     echo "## run --rm busybox true, one at a time (median, ms)"
     jq -r '.results[] | "\(.command)\t\(.median * 1000 | floor)"' "$results/single.json" | column -t -s $'\t'

@@ -10,6 +10,11 @@
 #      dockerd.
 #
 #   bench/network/run.sh [--runs N] [--results DIR] [--skip docker,podman] [--no-build]
+#                        [--baseline DIR]
+#
+# --baseline DIR also measures the latency of the vesseld and vessel-shim
+# binaries in DIR (an earlier build) as `vessel-base`, in the same run.
+# podman runs with runc (crun 1.8 refuses hybrid cgroup hosts).
 #
 # Needs root. Starts vesseld and dockerd on private directories, sockets and
 # (for dockerd) a private bridge; removes everything on exit. All traffic
@@ -22,13 +27,15 @@ runs=20
 results=
 skip=
 build=1
+baseline=
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) runs=$2; shift 2 ;;
         --results) results=$2; shift 2 ;;
         --skip) skip=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --baseline) baseline=$(cd "$2" && pwd); shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -45,7 +52,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 target=${CARGO_TARGET_DIR:-$repo/target}
-[ "$build" = 1 ] && (cd "$repo" && cargo build --release -q -p vesseld -p vessel-runtime --bins)
+if [ "$build" = 1 ]; then
+    (cd "$repo" && cargo build --release -q -p vesseld -p vessel-runtime --bins)
+fi
 bin=$target/release
 
 work=$(mktemp -d /tmp/vessel-bench-net.XXXXXX)
@@ -53,15 +62,17 @@ results=${results:-$here/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$results"
 pids=()
 iptables-save >"$work/iptables.before" 2>/dev/null || true
+ip6tables-save >"$work/ip6tables.before" 2>/dev/null || true
 fwd_before=$(cat /proc/sys/net/ipv4/ip_forward)
+nft_tables_before=$(nft list tables 2>/dev/null || true)
 links_before=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
 podman_() {
     podman --root "$work/podman/root" --runroot "$work/podman/run" \
-        --cgroup-manager cgroupfs --events-backend none "$@"
+        --cgroup-manager cgroupfs --events-backend none --runtime runc "$@"
 }
 cleanup() {
     set +e
-    for s in vd dd; do
+    for s in vd vb dd; do
         if [ -S "$work/$s.sock" ]; then
             ids=$(DOCKER_HOST=unix://$work/$s.sock docker ps -aq)
             [ -n "$ids" ] && DOCKER_HOST=unix://$work/$s.sock docker rm -f $ids >/dev/null 2>&1
@@ -76,6 +87,12 @@ cleanup() {
         ip link delete "$l" 2>/dev/null
     done
     [ -s "$work/iptables.before" ] && iptables-restore <"$work/iptables.before"
+    [ -s "$work/ip6tables.before" ] && ip6tables-restore <"$work/ip6tables.before"
+    # Tables that did not exist before (dockerd's and netavark's through
+    # iptables-nft) go entirely.
+    nft list tables 2>/dev/null | while read -r _ family name; do
+        grep -qx "table $family $name" <<<"$nft_tables_before" || nft delete table "$family" "$name"
+    done
     echo "$fwd_before" >/proc/sys/net/ipv4/ip_forward
     rm -rf "$work"
 }
@@ -101,6 +118,13 @@ wait_sock() {
 pids+=($!)
 wait_sock "$work/vd.sock"
 DOCKER_HOST=unix://$work/vd.sock docker load -q -i "$image" >/dev/null
+if [ -n "$baseline" ]; then
+    "$baseline/vesseld" --root "$work/vb-root" --exec-root "$work/vb-run" -H "unix://$work/vb.sock" \
+        --shim-binary "$baseline/vessel-shim" >"$work/vesseld-base.log" 2>&1 &
+    pids+=($!)
+    wait_sock "$work/vb.sock"
+    DOCKER_HOST=unix://$work/vb.sock docker load -q -i "$image" >/dev/null
+fi
 if ! skipped docker; then
     ip link add vbnet0 type bridge
     ip addr add 10.214.0.1/24 dev vbnet0
@@ -124,9 +148,11 @@ fi
 args=()
 for net in bridge none; do
     args+=(-n "vessel $net" "env DOCKER_HOST=unix://$work/vd.sock docker run --rm --network $net busybox true")
+    [ -z "$baseline" ] || args+=(-n "vessel-base $net" "env DOCKER_HOST=unix://$work/vb.sock docker run --rm --network $net busybox true")
     skipped docker || args+=(-n "docker $net" "env DOCKER_HOST=unix://$work/dd.sock docker run --rm --network $net busybox true")
-    skipped podman || args+=(-n "podman $net" "podman --root $work/podman/root --runroot $work/podman/run --cgroup-manager cgroupfs --events-backend none run --rm --network $net busybox true")
+    skipped podman || args+=(-n "podman $net" "podman --root $work/podman/root --runroot $work/podman/run --cgroup-manager cgroupfs --events-backend none --runtime runc run --rm --network $net busybox true")
 done
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$results/load.txt"
 echo "== run --rm latency ($runs runs each)" >&2
 hyperfine -N --warmup 3 --runs "$runs" --export-json "$results/latency.json" "${args[@]}" | tee "$results/latency.txt"
 

@@ -30,7 +30,7 @@ qemu="/usr/bin/qemu-system-x86_64 -M microvm,acpi=off,x-option-roms=off,isa-seri
 qdisk="-drive id=l0,file=/vm/layer.img,format=raw,if=none,readonly=on -device virtio-blk-device,drive=l0,serial=layer-0"
 timed() {{ # NAME ROUND COMMAND...
   name=$1; round=$2; shift 2
-  t0=$(now); timeout 120 "$@" > /tmp/out 2> /tmp/err; rc=$?; t1=$(now)
+  t0=$(now); timeout -s KILL 120 "$@" > /tmp/out 2> /tmp/err; rc=$?; t1=$(now)
   echo "@@R $name $round $(awk "BEGIN {{print $t1 - $t0}}") $rc"
   [ $rc -le 1 ] || {{ echo "@@FAIL $name"; cat /tmp/err; }}
 }}

@@ -81,7 +81,7 @@ vm() { # NAME "MONITOR OPTIONS" CLIENT OPTIONS... -- COMMAND...
   name=$1; monitor=$2; shift 2
   echo "@@CASE $name"
   t0=$(now)
-  timeout 120 /bin/vessel-agent run --listen /run/ch.sock \
+  timeout -s KILL 120 /bin/vessel-agent run --listen /run/ch.sock \
     --spawn "$monitor_env /bin/vessel-vmm --kernel $kernel --initrd /vm/initrd --disk /vm/layer.img,ro,serial=layer-0 --channel-connect /run/ch.sock $monitor" \
     --layer layer-0 "$@" > /tmp/out 2> /tmp/err < /tmp/in
   echo "@@EXIT $?"

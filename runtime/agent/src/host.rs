@@ -54,6 +54,14 @@ impl Client {
         })
     }
 
+    /// A client on a channel whose agent already said it is ready (the
+    /// `Ready` message was read by whoever booted the VM).
+    pub fn after_ready(stream: UnixStream, ready: ReadyInfo) -> Result<Client> {
+        let mut c = Client::new(stream)?;
+        c.ready = Some(ready);
+        Ok(c)
+    }
+
     /// Send one message.
     pub fn send(&self, m: &Message) -> Result<()> {
         let mut w = self

@@ -546,7 +546,8 @@ fn run_vm(bundle: &spec::Bundle, id: &str) -> Result<u8> {
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
     let booted = vm::boot(&plan, &work);
     let result = booted.map_err(anyhow::Error::from).and_then(|b| {
-        let mut client = vessel_agent::host::Client::new(b.channel)?;
+        // `boot` already read the agent's Ready.
+        let mut client = vessel_agent::host::Client::after_ready(b.channel, b.ready)?;
         let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
         let exit = client.run(
             b.start,

@@ -115,14 +115,14 @@ EOF
 }
 # finish NAME: wait for the container, show its log
 finish() {
-  echo "@@EXIT $(vessel-shim ctl /s/$1 wait 2> /tmp/err)"
+  echo "@@EXIT $(timeout -s KILL 120 vessel-shim ctl /s/$1 wait 2> /tmp/err)"
   echo "@@TIME $t0 $(now)"
   echo @@OUT; cat /s/$1/log.json; echo @@ERR; cat /tmp/err /s/$1/launch.err /s/$1/shim.log; echo @@END
 }
 # ex NAME CASE ARGS...: exec into container NAME
 ex() {
   c=$1; echo "@@CASE $2"; shift 2; t0=$(now)
-  vessel-shim ctl /s/$c exec "$@" > /tmp/out 2> /tmp/err
+  timeout -s KILL 120 vessel-shim ctl /s/$c exec "$@" > /tmp/out 2> /tmp/err
   echo "@@EXIT $?"; echo "@@TIME $t0 $(now)"
 }
 show() { echo @@OUT; cat /tmp/out; echo @@ERR; cat /tmp/err; echo @@END; }
@@ -158,12 +158,18 @@ echo "@@SHIMS $(cat /proc/[0-9]*/comm | grep -c vessel-shim)"
 
 bundle rt false '["sh","-c","echo from-runtime; exit 5"]' '{}'
 echo "@@CASE runtime"; t0=$(now)
-vessel-runtime --root /run/vr run --bundle /b/rt rt > /tmp/out 2> /tmp/err
+timeout -s KILL 60 vessel-runtime --root /run/vr run --bundle /b/rt rt > /tmp/out 2> /tmp/err < /dev/null
+echo "@@EXIT $?"; echo "@@TIME $t0 $(now)"; show
+# Standard input left open (the console): the run still ends with the
+# process.
+bundle rt2 false '["sh","-c","echo from-runtime; exit 5"]' '{}'
+echo "@@CASE runtime2"; t0=$(now)
+timeout -s KILL 60 vessel-runtime --root /run/vr run --bundle /b/rt2 rt2 > /tmp/out 2> /tmp/err
 echo "@@EXIT $?"; echo "@@TIME $t0 $(now)"; show
 "#;
 
 #[test]
-#[ignore = "new: run with --ignored until it has passed on a quiet machine"]
+#[ignore = "the shim of container `a` (after its exec sessions) sometimes dies without a word while it tears its VM down after SIGTERM (3 of 5 runs): run with --ignored"]
 fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
     let fx = match support::fixtures() {
         Ok(f) => f,
@@ -282,10 +288,12 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
         .expect("shim count");
     assert_eq!(shims, "0", "every shim exited with its container");
 
-    let c = case("runtime");
-    assert_eq!(
-        (c.exit, c.out.as_str()),
-        (Some(5), "from-runtime\n"),
-        "{c:?}"
-    );
+    for name in ["runtime", "runtime2"] {
+        let c = case(name);
+        assert_eq!(
+            (c.exit, c.out.as_str()),
+            (Some(5), "from-runtime\n"),
+            "{c:?}"
+        );
+    }
 }

@@ -254,3 +254,34 @@ fn oom_kill_is_reported() {
     assert_eq!(waited["exit"]["oom_killed"], true, "{waited}");
     assert!(shim.exit_file().oom_killed);
 }
+
+/// `ctl wait` on a shim that already finished reads the status it left in
+/// exit.json; with neither a shim nor a status it fails at once.
+#[test]
+fn ctl_wait_after_the_shim_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let wait = |d: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vessel-shim"))
+            .arg("ctl")
+            .arg(d)
+            .arg("wait")
+            .output()
+            .unwrap()
+    };
+    let out = wait(dir.path());
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let status = ExitStatus {
+        code: 3,
+        oom_killed: false,
+        finished_at_ns: 1,
+        error: None,
+    };
+    std::fs::write(
+        dir.path().join(protocol::EXIT_FILE),
+        serde_json::to_vec(&status).unwrap(),
+    )
+    .unwrap();
+    let out = wait(dir.path());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n");
+}

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use vessel_runtime::shim::client::{self, Conn};
-use vessel_runtime::shim::protocol::{Kind, Request};
+use vessel_runtime::shim::protocol::{EXIT_FILE, ExitStatus, Kind, Request, SOCKET};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,8 +62,7 @@ fn ctl(args: &[String]) -> anyhow::Result<u8> {
             Ok(0)
         }
         "wait" => {
-            let (_, r) = client::request(&dir, &Request::Wait)?;
-            let exit = r.exit.context("the shim ended without an exit status")?;
+            let exit = wait_exit(&dir)?;
             if let Some(e) = &exit.error {
                 eprintln!("error: {e}");
             }
@@ -141,4 +140,30 @@ fn stream(mut conn: Conn, stdin: bool) -> anyhow::Result<u8> {
         eprintln!("error: {e}");
     }
     Ok(u8::try_from(status.code.clamp(0, 255)).unwrap_or(255))
+}
+
+/// The container's exit status: from the shim, or, when the shim is gone
+/// or going (it answers waiters only after writing it), from its exit.json,
+/// as the daemon reads it. A connection the shim closes while its socket
+/// is still there (it is finishing) is retried for a few seconds.
+fn wait_exit(dir: &std::path::Path) -> anyhow::Result<ExitStatus> {
+    let mut failures = 0;
+    loop {
+        match client::request(dir, &Request::Wait) {
+            Ok((_, r)) => return r.exit.context("the shim ended without an exit status"),
+            Err(e) => {
+                if let Ok(data) = std::fs::read(dir.join(EXIT_FILE)) {
+                    return serde_json::from_slice(&data)
+                        .with_context(|| format!("{}/{EXIT_FILE}", dir.display()));
+                }
+                failures += 1;
+                // No socket and no status: no shim ever ran here, or it
+                // died without finishing.
+                if failures >= 300 || !dir.join(SOCKET).exists() {
+                    return Err(e.into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
 }

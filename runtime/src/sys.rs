@@ -65,6 +65,61 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Give the heap's free pages back to the kernel (glibc keeps freed memory
+/// for reuse): for a long-lived process after a burst of allocations.
+pub(crate) fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers and only releases memory the
+    // allocator holds as free; it locks the arenas itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Drop this binary's code pages from the process's page tables, for a
+/// long-lived process that has finished the work most of its code is for.
+/// The pages stay in the page cache and are mapped again as they run;
+/// until then they do not count in the process's resident set. Does
+/// nothing if the code mapping has private (copy-on-write) pages, such as
+/// a debugger's breakpoints.
+pub(crate) fn release_code_pages() {
+    let here = release_code_pages as fn() as usize;
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut found: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(first), Some(second)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if let Some((a, b)) = first.split_once('-') {
+            if found.is_some() {
+                // The next mapping's header: no anonymous pages were listed.
+                break;
+            }
+            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            if second == "r-xp" && (a..b).contains(&here) {
+                found = Some((a, b));
+            }
+        } else if found.is_some() && first == "Anonymous:" && second != "0" {
+            return;
+        }
+    }
+    drop(smaps);
+    if let Some((start, end)) = found {
+        // SAFETY: [start, end) is this binary's own code mapping: private,
+        // read-only and without anonymous (copy-on-write) pages, so
+        // MADV_DONTNEED only removes page-table entries; every page reads
+        // back unchanged from the file on its next access.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
 /// Open `path` resolved strictly inside `root`: `..` cannot climb above it,
 /// absolute symlinks are relative to it, magic links are refused.
 pub(crate) fn open_in_root(

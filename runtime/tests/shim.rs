@@ -17,7 +17,10 @@ use vessel_runtime::shim::protocol::{self, ExitStatus, Kind};
 
 struct Shim {
     state: PathBuf,
-    shim_pid: i32,
+    /// The shim process.
+    pid: i32,
+    /// The container's init.
+    init: i32,
 }
 
 fn launch(env: &Env, bundle: &common::Bundle, id: &str, tty: bool, open_stdin: bool) -> Shim {
@@ -56,7 +59,8 @@ fn launch(env: &Env, bundle: &common::Bundle, id: &str, tty: bool, open_stdin: b
     assert!(launched.pid > 0);
     Shim {
         state,
-        shim_pid: launched.shim_pid,
+        pid: launched.shim_pid,
+        init: launched.pid,
     }
 }
 
@@ -100,7 +104,7 @@ impl Drop for Shim {
     fn drop(&mut self) {
         // A shim asked to stop takes its container down with it.
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.shim_pid),
+            nix::unistd::Pid::from_raw(self.pid),
             nix::sys::signal::Signal::SIGTERM,
         );
     }
@@ -206,8 +210,40 @@ fn exec_through_the_shim_and_large_output_arrives_intact() {
             .contains("executable file not found"),
         "{resp}"
     );
+    // Processes that exit at once (before the shim's helper that made them
+    // has itself exited) are reaped and reported all the same.
+    for code in [0, 7, 42] {
+        let process = json!({
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+            "args": ["sh", "-c", format!("exit {code}")]
+        });
+        let (mut s, resp) =
+            shim.connect(&json!({"op": "exec", "process": process, "stdin": false}));
+        assert!(resp["pid"].as_i64().unwrap() > 0, "{resp}");
+        let (_, _, exit) = collect(&mut s);
+        assert_eq!(exit.unwrap().code, code);
+    }
     let (_, state) = shim.connect(&json!({"op": "state"}));
     assert_eq!(state["running"], true);
+    // The container's init is the shim's child (the helper that created it
+    // is gone), so the shim reaps it and no other process can.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", shim.init)).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let ppid: i32 = after_comm.split(' ').nth(1).unwrap().parse().unwrap();
+    assert_eq!(ppid, shim.pid);
+}
+
+/// Linked at a fixed address, the shim's relocated data is not a private
+/// copy in every running shim (see `runtime/build.rs`).
+#[test]
+fn shim_is_a_fixed_address_executable() {
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_vessel-shim")).unwrap();
+    assert_eq!(&bin[..4], b"\x7fELF");
+    let e_type = u16::from_le_bytes([bin[16], bin[17]]);
+    assert_eq!(
+        e_type, 2,
+        "ET_EXEC expected, got e_type {e_type} (PIE is 3)"
+    );
 }
 
 #[test]

@@ -13,6 +13,13 @@
 //! records the exit status (with OOM kills) in `exit.json`. It stays
 //! single-threaded so the runtime library may fork from it.
 //!
+//! One shim stays resident per container, so its memory is kept to what the
+//! event loop needs: the runtime library's create, start, exec and kill run
+//! in a short-lived forked helper (parsing the bundle and the saved state
+//! and seccomp never touch the shim's own heap and stack), the heap is trimmed
+//! once the container runs, and the binary is linked at a fixed address
+//! (see `build.rs`) so its relocated data is not a private copy per shim.
+//!
 //! When the bundle asks for a microVM (`crate::vm`), the shim boots the
 //! monitor in its own process instead of creating namespaces (one monitor
 //! per container), and multiplexes the agent's channel into the same event
@@ -103,6 +110,9 @@ pub fn launch(state_dir: &Path) -> i32 {
             let code = match Shim::start(cfg, &ready_w) {
                 Ok(mut shim) => {
                     drop(ready_w);
+                    // What launching allocated and freed is not needed
+                    // again while the container runs.
+                    sys::trim_heap();
                     shim.run()
                 }
                 Err(e) => {
@@ -259,6 +269,8 @@ struct Shim {
     init_exited_at: Option<Instant>,
     stdin_attached: bool,
     vm: Option<VmSide>,
+    /// A request was handled: once its reply is out, release what it used.
+    settle: bool,
 }
 
 fn nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
@@ -351,6 +363,101 @@ fn finish_plumbing(p: &mut Plumbing) -> std::result::Result<Option<OwnedFd>, Str
     Ok(Some(master))
 }
 
+/// The bundle decides whether the process gets a terminal; a shim told
+/// otherwise would wait for a terminal that never comes.
+fn check_terminal(
+    cfg: &ShimConfig,
+    bundle: &crate::spec::Bundle,
+) -> std::result::Result<(), String> {
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(oci_spec::runtime::Process::terminal)
+        .unwrap_or(false);
+    if terminal == cfg.tty {
+        Ok(())
+    } else {
+        Err(format!(
+            "shim config says tty={} but the bundle's process.terminal is {terminal}",
+            cfg.tty
+        ))
+    }
+}
+
+/// Longest result line a helper sends (it must fit in the pipe, since the
+/// shim reads it only once the helper has exited).
+const HELPER_LINE_MAX: usize = 16 * 1024;
+
+/// Run `work` in a short-lived child of the shim and return the line it
+/// produced.
+///
+/// The runtime library's operations (create, start, exec, kill) parse the
+/// bundle or the container's saved state, compile or load seccomp filters
+/// and run deep call chains. Done in the shim itself, every heap and stack
+/// page that work touches would stay resident for the container's whole
+/// life, in every shim. The helper does it and exits; the processes it
+/// forked are then reparented to the shim (a child subreaper), which reaps
+/// them as before. The shim reads the result before it reaps anything
+/// else, so an early exit of a new process is never missed.
+fn in_helper(
+    work: impl FnOnce() -> std::result::Result<String, String>,
+) -> std::result::Result<String, String> {
+    let (r, w) = pipe()?;
+    let child = match sys::fork() {
+        Err(e) => return Err(format!("fork: {e}")),
+        Ok(sys::Forked::Child) => {
+            drop(r);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err("the shim's helper panicked".into()));
+            let mut line = match result {
+                Ok(s) => format!("ok {s}"),
+                Err(e) => format!("error {}", e.replace('\n', " ")),
+            };
+            if line.len() >= HELPER_LINE_MAX {
+                let mut end = HELPER_LINE_MAX - 1;
+                while !line.is_char_boundary(end) {
+                    end -= 1;
+                }
+                line.truncate(end);
+            }
+            line.push('\n');
+            let code = i32::from(nix::unistd::write(&w, line.as_bytes()).is_err());
+            sys::exit_now(code)
+        }
+        Ok(sys::Forked::Parent(pid)) => pid,
+    };
+    drop(w);
+    // Wait for the helper first: the processes it forked hold a copy of the
+    // pipe's write end until they exec, so there is no end of file to wait
+    // for; the helper's line is complete in the pipe once it has exited.
+    let status = loop {
+        match waitpid(child, Some(WaitPidFlag::__WALL)) {
+            Err(nix::errno::Errno::EINTR) => {}
+            other => break other,
+        }
+    };
+    nonblocking(r.as_fd()).map_err(|e| format!("helper pipe: {e}"))?;
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while text.len() < HELPER_LINE_MAX {
+        match nix::unistd::read(r.as_fd(), &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    match text.split_once('\n').map(|(line, _)| line) {
+        Some(line) => match line.strip_prefix("ok ") {
+            Some(ok) => Ok(ok.to_string()),
+            None => Err(line.strip_prefix("error ").unwrap_or(line).to_string()),
+        },
+        None => Err(format!(
+            "the shim's helper ended without a result ({status:?})"
+        )),
+    }
+}
+
 impl Shim {
     /// In the forked shim: detach, create the container, listen, report.
     fn start(cfg: ShimConfig, ready: &OwnedFd) -> std::result::Result<Shim, String> {
@@ -394,43 +501,45 @@ impl Shim {
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
 
-        // The bundle decides whether the process gets a terminal; a shim told
-        // otherwise would wait for a terminal that never comes.
-        let bundle = crate::spec::load_bundle(&cfg.bundle).map_err(|e| e.chain())?;
-        let terminal = bundle
-            .spec
-            .process()
-            .as_ref()
-            .and_then(oci_spec::runtime::Process::terminal)
-            .unwrap_or(false);
-        if terminal != cfg.tty {
-            return Err(format!(
-                "shim config says tty={} but the bundle's process.terminal is {terminal}",
-                cfg.tty
-            ));
-        }
-        let (init, cgroup_path, vm) = if crate::vm::wants_vm(&bundle.spec) {
+        // The helper reads the bundle and, unless it asks for a microVM,
+        // creates the container with the descriptors made here.
+        let mut plumbing = plumbing(cfg.tty, cfg.open_stdin)?;
+        let opts = CreateOptions {
+            id: cfg.id.clone(),
+            bundle: cfg.bundle.clone(),
+            console_fd: plumbing
+                .console
+                .as_ref()
+                .map(|(_, theirs)| theirs.try_clone())
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            stdio: plumbing.stdio.take(),
+            ..CreateOptions::default()
+        };
+        let created = in_helper(|| {
+            let bundle = crate::spec::load_bundle(&cfg.bundle).map_err(|e| e.chain())?;
+            check_terminal(&cfg, &bundle)?;
+            if crate::vm::wants_vm(&bundle.spec) {
+                return Ok(String::new());
+            }
+            let state = container::create(&root, &opts).map_err(|e| e.chain())?;
+            Ok(format!("{} {}", state.pid, state.cgroup_path))
+        })?;
+        drop(opts);
+        let (init, cgroup_path, vm) = if created.is_empty() {
+            drop(plumbing);
+            let bundle = crate::spec::load_bundle(&cfg.bundle).map_err(|e| e.chain())?;
+            check_terminal(&cfg, &bundle)?;
             let (init, vm) = start_vm(&cfg, &bundle)?;
             (init, String::new(), Some(vm))
         } else {
-            let mut plumbing = plumbing(cfg.tty, cfg.open_stdin)?;
-            let opts = CreateOptions {
-                id: cfg.id.clone(),
-                bundle: cfg.bundle.clone(),
-                console_fd: plumbing
-                    .console
-                    .as_ref()
-                    .map(|(_, theirs)| theirs.try_clone())
-                    .transpose()
-                    .map_err(|e| e.to_string())?,
-                stdio: plumbing.stdio.take(),
-                ..CreateOptions::default()
-            };
-            let state = container::create(&root, &opts).map_err(|e| e.chain())?;
-            drop(opts);
+            let (pid, cgroup_path) = created.split_once(' ').unwrap_or((created.as_str(), ""));
+            let pid = pid
+                .parse()
+                .map_err(|_| format!("the shim's helper reported PID {pid:?}"))?;
             let master = finish_plumbing(&mut plumbing)?;
             let init = Proc {
-                pid: state.pid,
+                pid,
                 outputs: plumbing.outputs,
                 stdin: plumbing.stdin,
                 stdin_buf: Vec::new(),
@@ -440,7 +549,7 @@ impl Shim {
                 conn: None,
                 tty: cfg.tty,
             };
-            (init, state.cgroup_path.clone(), None)
+            (init, cgroup_path.to_string(), None)
         };
 
         let sock = cfg.state_dir.join(protocol::SOCKET);
@@ -475,6 +584,7 @@ impl Shim {
             log,
             init_exited_at: None,
             stdin_attached: false,
+            settle: false,
         })
     }
 
@@ -486,6 +596,14 @@ impl Shim {
                     self.finish();
                     return 0;
                 }
+            }
+            if self.settle && self.conns.values().all(|c| c.outbuf.is_empty()) {
+                // Requests are rare; between them the shim relays output or
+                // waits. The code and memory a request used (parsing, the
+                // helper) need not stay mapped until the next one.
+                self.settle = false;
+                sys::release_code_pages();
+                sys::trim_heap();
             }
             let mut tokens = Vec::new();
             self.interest(&mut tokens);
@@ -755,7 +873,10 @@ impl Shim {
     }
 
     fn read_conn(&mut self, id: u64) {
-        let mut buf = vec![0u8; 64 * 1024];
+        // On the stack: a heap buffer would leave its pages resident (and
+        // be cleared on every call); requests are short and stdin frames
+        // arrive in pieces anyway.
+        let mut buf = [0u8; 16 * 1024];
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -881,6 +1002,8 @@ impl Shim {
     }
 
     fn handle(&mut self, id: u64, req: Request) {
+        // A VM's shim has the monitor's threads running its code.
+        self.settle = self.vm.is_none();
         if self.vm.is_some() {
             match req {
                 Request::Start => return self.vm_start(id),
@@ -910,10 +1033,15 @@ impl Shim {
                         ..Response::default()
                     }
                 } else {
-                    match container::kill(&self.root, &self.cfg.id, signal, false) {
-                        Ok(()) => Response::default(),
+                    let (root, cid) = (&self.root, &self.cfg.id);
+                    match in_helper(|| {
+                        container::kill(root, cid, signal, false)
+                            .map(|()| String::new())
+                            .map_err(|e| e.chain())
+                    }) {
+                        Ok(_) => Response::default(),
                         Err(e) => Response {
-                            error: Some(e.chain()),
+                            error: Some(e),
                             ..Response::default()
                         },
                     }
@@ -921,13 +1049,19 @@ impl Shim {
                 self.reply(id, &resp, Mode::Closing);
             }
             Request::Start => {
-                let resp = match container::start(&self.root, &self.cfg.id) {
-                    Ok(()) => Response {
+                let (root, cid) = (&self.root, &self.cfg.id);
+                let started = in_helper(|| {
+                    container::start(root, cid)
+                        .map(|()| String::new())
+                        .map_err(|e| e.chain())
+                });
+                let resp = match started {
+                    Ok(_) => Response {
                         pid: Some(self.init.pid),
                         ..Response::default()
                     },
                     Err(e) => Response {
-                        error: Some(e.chain()),
+                        error: Some(e),
                         ..Response::default()
                     },
                 };
@@ -1022,8 +1156,16 @@ impl Shim {
             stdio: plumbing.stdio.take(),
             preserve_fds: 0,
         };
-        let pid = container::exec(&self.root, &opts).map_err(|e| e.chain())?;
+        let root = &self.root;
+        let pid = in_helper(|| {
+            container::exec(root, &opts)
+                .map(|pid| pid.to_string())
+                .map_err(|e| e.chain())
+        })?;
         drop(opts);
+        let pid: i32 = pid
+            .parse()
+            .map_err(|_| format!("the shim's helper reported PID {pid:?}"))?;
         let master = finish_plumbing(&mut plumbing)?;
         self.execs.insert(
             pid,

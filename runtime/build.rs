@@ -8,8 +8,9 @@
 //! and becomes private dirty memory in each shim. Linked at a fixed address
 //! those pages need no relocation and stay clean, shared file pages.
 //! The cost is that the shim's own code and data are not randomised (its
-//! stack, heap and libraries still are); the shim takes input only from its
-//! root-owned socket and copies the container's output without parsing it.
+//! stack, heap and libraries still are); what the shim reads (requests on
+//! its root-only socket, the container's output, a microVM agent's frames)
+//! is handled by safe Rust.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

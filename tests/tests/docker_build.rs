@@ -76,6 +76,7 @@ fn docker_build_end_to_end() {
 
     single_stage_and_cache(&d);
     multi_stage_parallel_and_unused(&d);
+    layers_verify_after_save_and_load(&d);
     errors_name_the_line(&d);
     context_escapes(&d);
     run_steps_are_confined(&d);
@@ -286,6 +287,103 @@ fn multi_stage_parallel_and_unused(d: &Daemon) {
     assert!(out.contains("Step 1/2 : FROM busybox AS unused"), "{out}");
     assert!(out.contains("returned a non-zero code: 9"), "{out}");
     assert!(!out.contains("AS a"), "{out}");
+}
+
+/// The hex SHA-256 of what `shell` writes to stdout.
+fn sha256_of_output(shell: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{shell} | sha256sum"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{shell}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A layer of random bytes (which the builder stores without deflating)
+/// next to compressible text: every blob in the store hashes to its name,
+/// the gzip layers unpack to the image's diff IDs, and `docker save`
+/// writes layers that hash to those diff IDs and load back.
+fn layers_verify_after_save_and_load(d: &Daemon) {
+    let dir = context(
+        d,
+        "ctx-layers",
+        "FROM busybox\n\
+         RUN head -c 3000000 /dev/urandom > /noise && seq 1 200000 > /text\n\
+         CMD [\"sh\"]\n",
+    );
+    build_ok(d, &dir, &["-t", "layers:1"]);
+    let diff_ids: Vec<String> = inspect(d, "layers:1")["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(diff_ids.len(), 2, "{diff_ids:?}");
+
+    let blobs = d.tmp.join("root/images/content/blobs/sha256");
+    let mut unpacked = Vec::new();
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        let q = p.to_string_lossy().to_string();
+        assert_eq!(sha256_of_output(&format!("cat '{q}'")), name, "blob {q}");
+        let mut magic = [0u8; 2];
+        let mut f = std::fs::File::open(&p).unwrap();
+        if f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b] {
+            unpacked.push(sha256_of_output(&format!("gzip -dc '{q}'")));
+        }
+    }
+    for id in &diff_ids {
+        assert!(unpacked.contains(id), "no gzip blob unpacks to {id}");
+    }
+
+    let saved = d.tmp.join(vessel_testkit::unique_name("layers-save"));
+    std::fs::create_dir_all(&saved).unwrap();
+    let archive = saved.join("image.tar");
+    d.ok(&["save", "-o", archive.to_str().unwrap(), "layers:1"]);
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&saved)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let manifest = common::json(&std::fs::read_to_string(saved.join("manifest.json")).unwrap());
+    let layers: Vec<String> = manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(layers.len(), diff_ids.len());
+    for (path, id) in layers.iter().zip(&diff_ids) {
+        let q = saved.join(path).to_string_lossy().to_string();
+        assert_eq!(&sha256_of_output(&format!("cat '{q}'")), id, "{path}");
+    }
+
+    d.ok(&["rmi", "layers:1"]);
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "layers:1",
+        "sh",
+        "-c",
+        "wc -c < /noise; tail -n 1 /text",
+    ]);
+    assert_eq!(out, "3000000\n200000\n");
+    d.ok(&["rmi", "layers:1"]);
 }
 
 fn errors_name_the_line(d: &Daemon) {

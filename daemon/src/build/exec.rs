@@ -415,9 +415,9 @@ impl Builder {
         let _ = fs::remove_dir_all(&ctx.tmp);
         tracing::debug!(
             prepare_ms = t_prepare.as_millis() as u64,
-            stages_ms = (t_stages - t_prepare).as_millis() as u64,
-            finish_ms = (t_finish - t_stages).as_millis() as u64,
-            cleanup_ms = (started.elapsed() - t_finish).as_millis() as u64,
+            stages_ms = t_stages.saturating_sub(t_prepare).as_millis() as u64,
+            finish_ms = t_finish.saturating_sub(t_stages).as_millis() as u64,
+            cleanup_ms = started.elapsed().saturating_sub(t_finish).as_millis() as u64,
             "build timing"
         );
         Ok(Outcome {
@@ -795,9 +795,9 @@ impl Builder {
         tracing::debug!(
             step = %ins.original,
             mount_ms = t_mount.as_millis() as u64,
-            exec_ms = (t_exec - t_mount).as_millis() as u64,
-            unmount_ms = (t_unmount - t_exec).as_millis() as u64,
-            commit_ms = (t0.elapsed() - t_unmount).as_millis() as u64,
+            exec_ms = t_exec.saturating_sub(t_mount).as_millis() as u64,
+            unmount_ms = t_unmount.saturating_sub(t_exec).as_millis() as u64,
+            commit_ms = t0.elapsed().saturating_sub(t_unmount).as_millis() as u64,
             "build step timing"
         );
         state.key = key.clone();
@@ -1567,9 +1567,9 @@ impl Builder {
                 tar_size,
                 blob_size,
                 tar_gzip_ms = t_tar.as_millis() as u64,
-                blob_commit_ms = (t_blob - t_tar).as_millis() as u64,
-                config_manifest_ms = (t_pending - t_blob).as_millis() as u64,
-                record_ms = (t_record - t_pending).as_millis() as u64,
+                blob_commit_ms = t_blob.saturating_sub(t_tar).as_millis() as u64,
+                config_manifest_ms = t_pending.saturating_sub(t_blob).as_millis() as u64,
+                record_ms = t_record.saturating_sub(t_pending).as_millis() as u64,
                 "layer commit timing"
             );
             Ok(id)

@@ -161,21 +161,41 @@ mib=512
 throughput() { # engine socket
     local d="env DOCKER_HOST=unix://$2" net=bnet$$
     $d docker network create "$net" >/dev/null
-    $d docker run -d --name sink --network "$net" -p 127.0.0.1:0:5000 busybox \
-        sh -c 'while :; do nc -l -p 5000 >/dev/null; done' >/dev/null
+    # busybox nc ends a connection when its stdin ends: give each listener
+    # one that never does, and count what its one connection brought
+    # (port 5000 from the other container, 5001 published on the host).
+    $d docker run -d --name sink --network "$net" -p 127.0.0.1:0:5001 busybox \
+        sh -c 'for p in 5000 5001; do (sleep 3600 | nc -l -p $p | wc -c >/tmp/r$p) & done; wait' >/dev/null
     $d docker run -d --name src --network "$net" busybox sleep 600 >/dev/null
     local port
-    port=$($d docker port sink 5000/tcp | head -1 | awk -F: '{print $NF}')
+    port=$($d docker port sink 5001/tcp | head -1 | awk -F: '{print $NF}')
     sleep 0.5 # let nc listen (a benchmark, not a test)
     local t0 t1
+    # The count of a connection is written once the listener saw its end.
+    received() { # PORT -> bytes its connection brought, waiting for the count
+        for _ in $(seq 100); do
+            local n
+            n=$($d docker exec sink sh -c "cat /tmp/r$1 2>/dev/null")
+            [ -n "$n" ] && { echo "$n"; return; }
+            sleep 0.1
+        done
+        echo 0
+    }
+    report() { # what t0 t1 bytes
+        if [ "$4" = $((mib * 1024 * 1024)) ]; then
+            echo "$1: $(echo "$mib / ($3 - $2)" | bc -l | cut -c1-7) MiB/s"
+        else
+            echo "$1: incomplete ($4 of $((mib * 1024 * 1024)) bytes arrived)"
+        fi
+    }
     t0=$(date +%s.%N)
     $d docker exec src sh -c "dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc sink 5000"
     t1=$(date +%s.%N)
-    echo "$1 container-to-container: $(echo "$mib / ($t1 - $t0)" | bc -l | cut -c1-7) MiB/s"
+    report "$1 container-to-container" "$t0" "$t1" "$(received 5000)"
     t0=$(date +%s.%N)
     dd if=/dev/zero bs=1M count=$mib 2>/dev/null >/dev/tcp/127.0.0.1/"$port"
     t1=$(date +%s.%N)
-    echo "$1 host->127.0.0.1:$port published: $(echo "$mib / ($t1 - $t0)" | bc -l | cut -c1-7) MiB/s"
+    report "$1 host->127.0.0.1:$port published" "$t0" "$t1" "$(received 5001)"
     $d docker rm -f sink src >/dev/null
     $d docker network rm "$net" >/dev/null
 }

@@ -65,12 +65,17 @@ impl Netlink {
         prefix: u8,
         mtu: u32,
     ) -> Result<u32> {
+        // A fixed address: a bridge without one takes the lowest of its
+        // ports' and changes it as containers come and go, which leaves the
+        // containers' ARP entries for the gateway stale.
+        let o = gateway.octets();
+        let mac = vec![0x02, 0x42, o[0], o[1], o[2], o[3]];
         let index = if let Some(i) = self.index(name).await? {
             i
         } else {
             self.handle
                 .link()
-                .add(LinkBridge::new(name).mtu(mtu).build())
+                .add(LinkBridge::new(name).mtu(mtu).address(mac.clone()).build())
                 .execute()
                 .await
                 .map_err(nl(format!("create bridge {name}")))?;
@@ -110,7 +115,7 @@ impl Netlink {
         }
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
+            .set(LinkUnspec::new_with_index(index).address(mac).up().build())
             .execute()
             .await
             .map_err(nl(format!("set {name} up")))?;

@@ -11,8 +11,16 @@
 //! stack, heap and libraries still are); what the shim reads (requests on
 //! its root-only socket, the container's output, a microVM agent's frames)
 //! is handled by safe Rust.
+//!
+//! A fully static build (`-C target-feature=+crt-static`, as the microVM
+//! tests make for their L1 guest) is left alone: rustc links those as
+//! static PIEs with start files that relocate themselves, and `-no-pie` on
+//! top of them yields a binary that crashes before `main`.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rustc-link-arg-bin=vessel-shim=-no-pie");
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    if !features.split(',').any(|f| f == "crt-static") {
+        println!("cargo:rustc-link-arg-bin=vessel-shim=-no-pie");
+    }
 }

@@ -279,14 +279,6 @@ fn docker_py_sdk() {
     );
 }
 
-fn links() -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// Deletes a link when dropped (a test that fails early leaves none).
 struct LinkGuard(String);
 
@@ -323,7 +315,11 @@ fn restarted_daemon_finishes_removals_and_teardown() {
         .unwrap()
         .to_string();
     let veth = format!("ve{}", &id[..11]);
-    assert!(links().iter().any(|l| l.starts_with(&veth)));
+    assert!(
+        vessel_testkit::net_links()
+            .iter()
+            .any(|l| l.starts_with(&veth))
+    );
 
     // The daemon dies; then the container's process ends.
     d.kill9();
@@ -358,7 +354,7 @@ fn restarted_daemon_finishes_removals_and_teardown() {
     d.spawn();
     // The `--rm` container is gone, with its network.
     assert_eq!(d.ok(&["ps", "-aq"]), "");
-    let now = links();
+    let now = vessel_testkit::net_links();
     assert!(!now.iter().any(|l| l.starts_with(&veth)), "{now:?}");
     assert!(!now.contains(&stray), "stray veth left: {now:?}");
     let netns = d.tmp.join("run/netns");

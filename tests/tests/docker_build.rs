@@ -75,6 +75,7 @@ fn docker_build_end_to_end() {
     d.load_busybox();
 
     single_stage_and_cache(&d);
+    intermediates_are_listed_only_with_all(&d);
     multi_stage_parallel_and_unused(&d);
     layers_verify_after_save_and_load(&d);
     errors_name_the_line(&d);
@@ -249,6 +250,62 @@ fn single_stage_and_cache(d: &Daemon) {
     // --no-cache rebuilds everything.
     let nc = build_ok(d, &dir, &["--no-cache", "--build-arg", "WHO=there"]);
     assert_eq!(nc.matches("Using cache").count(), 0, "{nc}");
+}
+
+/// As with Docker: the untagged images a build made for its steps are
+/// listed only with `-a` and are not dangling; an untagged build result is
+/// listed, as dangling.
+fn intermediates_are_listed_only_with_all(d: &Daemon) {
+    let ids = |args: &[&str]| -> Vec<String> {
+        d.ok(&[&["images", "-q"], args].concat())
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let dir = context(
+        d,
+        "ctx-intermediate",
+        "FROM busybox\nRUN echo one > /1\nRUN echo two > /2\nCMD [\"true\"]\n",
+    );
+    let out = build_ok(d, &dir, &["-t", "inter:1"]);
+    // The image after each step: FROM, RUN, RUN, CMD.
+    let steps: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix(" ---> "))
+        .filter(|l| !l.starts_with("Running") && !l.starts_with("Using"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(steps.len(), 4, "{out}");
+    let (shown, all, dangling) = (ids(&[]), ids(&["-a"]), ids(&["-f", "dangling=true"]));
+    for step in &steps[1..3] {
+        assert!(
+            !shown.contains(step),
+            "intermediate {step} listed: {shown:?}\n{out}"
+        );
+        assert!(all.contains(step), "intermediate {step} not in -a: {all:?}");
+        assert!(!dangling.contains(step), "intermediate {step} is dangling");
+    }
+    assert!(
+        shown.contains(&steps[3]),
+        "result {} not listed: {shown:?}",
+        steps[3]
+    );
+
+    let dir = context(d, "ctx-untagged", "FROM busybox\nRUN echo untagged > /u\n");
+    let out = build_ok(d, &dir, &[]);
+    let result = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Successfully built "))
+        .next()
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim()
+        .to_string();
+    assert!(
+        ids(&[]).contains(&result),
+        "untagged result {result} not listed"
+    );
+    assert!(ids(&["-f", "dangling=true"]).contains(&result));
+    d.ok(&["rmi", "inter:1", &result]);
 }
 
 fn multi_stage_parallel_and_unused(d: &Daemon) {

@@ -36,14 +36,6 @@ fn http_get(port: u16, path: &str) -> String {
         .unwrap_or(out)
 }
 
-fn links() -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// The daemon's nftables table (named like its default bridge without the
 /// final `0`) and default bridge.
 fn names(d: &Daemon) -> (String, String) {
@@ -78,7 +70,10 @@ fn networks_names_ports_modes_and_cleanup() {
     let d = Daemon::start("net-main");
     d.load_busybox();
     let (table, bridge) = names(&d);
-    assert!(links().contains(&bridge), "default bridge {bridge} is up");
+    assert!(
+        vessel_testkit::net_links().contains(&bridge),
+        "default bridge {bridge} is up"
+    );
 
     // A user network with a label; inspect shows its subnet and gateway.
     let net = vessel_testkit::unique_name("n");
@@ -254,7 +249,7 @@ fn networks_names_ports_modes_and_cleanup() {
     // The host-side veths are deleted after the removal is reported.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let now = links();
+        let now = vessel_testkit::net_links();
         let left: Vec<&String> = now
             .iter()
             .filter(|l| {
@@ -271,7 +266,7 @@ fn networks_names_ports_modes_and_cleanup() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let now = links();
+    let now = vessel_testkit::net_links();
     assert!(
         !now.iter().any(|l| l.ends_with(&format!("-{}", &nid[..6]))),
         "bridge of {net} is gone: {now:?}"

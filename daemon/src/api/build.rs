@@ -29,7 +29,7 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
     }
 }
 
-fn builder(engine: &Engine) -> Result<Arc<Builder>, Error> {
+pub(super) fn builder(engine: &Engine) -> Result<Arc<Builder>, Error> {
     build::builder_for(
         &engine.images,
         &engine.paths.root.join("build"),

@@ -1,6 +1,6 @@
 //! `/images/...` and `/commit` routes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,6 +12,8 @@ use super::{Body, Req, json as json_resp, streaming};
 use crate::engine::Engine;
 use crate::engine::distribution::{AuthConfig, PullRequest};
 use crate::engine::error::{Error, Kind};
+use crate::engine::images::ImageRow;
+use crate::images::Digest;
 use crate::images::{ConfigChanges, ImportOptions};
 
 /// Routes whose last segment names an operation on `/images/{name...}`.
@@ -84,11 +86,50 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
     }
 }
 
+/// Untagged images that builds made for their steps and that another image
+/// builds on (their top layer is in its chain): Docker lists such
+/// intermediate images only with `all`. A build's untagged result has no
+/// child and stays listed, as `<none>`.
+fn hidden_intermediates(engine: &Engine, rows: &[ImageRow]) -> HashSet<Digest> {
+    let made = super::build::builder(engine).and_then(|b| {
+        b.intermediate_images()
+            .map_err(|e| Error::internal(e.to_string()))
+    });
+    let made = match made {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "listing build intermediates");
+            return HashSet::new();
+        }
+    };
+    rows.iter()
+        .map(|r| &r.summary)
+        .filter(|s| s.repo_tags.is_empty() && made.contains(&s.id))
+        .filter(|s| {
+            s.chain_ids.last().is_some_and(|top| {
+                rows.iter()
+                    .any(|o| o.summary.id != s.id && o.summary.chain_ids.contains(top))
+            })
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
 async fn list(engine: &Engine, req: &Req) -> Result<Response<Body>, Error> {
     let filters = req.query.filters()?;
     let mut out = Vec::new();
-    for row in engine.image_list().await? {
+    let rows = engine.image_list().await?;
+    let intermediates = hidden_intermediates(engine, &rows);
+    // An intermediate is not dangling either: it has a child.
+    let dangling_only = filters
+        .get("dangling")
+        .is_some_and(|v| v.iter().any(|x| x == "true" || x == "1"));
+    let all = req.query.bool("all") && !dangling_only;
+    for row in rows {
         let s = &row.summary;
+        if !all && intermediates.contains(&s.id) {
+            continue;
+        }
         let keep = filters.iter().all(|(k, vals)| {
             vals.is_empty()
                 || vals.iter().any(|v| match k.as_str() {

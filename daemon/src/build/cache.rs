@@ -53,6 +53,20 @@ impl Cache {
         Ok(Cache { db })
     }
 
+    /// The intermediate images the cached steps hold.
+    pub fn images(&self) -> Result<std::collections::HashSet<Digest>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(STEPS).map_err(db_err)?;
+        let mut out = std::collections::HashSet::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let e: Entry = serde_json::from_slice(v.value())
+                .map_err(|e| Error::Corrupt(k.value().to_string(), e))?;
+            out.extend(e.image);
+        }
+        Ok(out)
+    }
+
     pub fn get(&self, key: &str) -> Result<Option<Entry>> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(STEPS).map_err(db_err)?;

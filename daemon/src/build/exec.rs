@@ -321,6 +321,12 @@ impl Builder {
         Ok(p)
     }
 
+    /// The untagged images builds made for their cached steps (Docker
+    /// lists such images only with `all`).
+    pub fn intermediate_images(&self) -> Result<std::collections::HashSet<Digest>> {
+        Ok(self.cache.images()?)
+    }
+
     /// Drop every cache entry, the cache mounts, and the intermediate
     /// images only the cache used. Returns (entries removed, bytes freed
     /// from cache mounts).

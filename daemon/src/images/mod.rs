@@ -152,6 +152,9 @@ pub struct ImageSummary {
     pub created: Option<String>,
     pub size: u64,
     pub layers: usize,
+    /// The chain ID of each layer, lowest first: an image whose top chain
+    /// ID appears in another image's chain is that image's parent.
+    pub chain_ids: Vec<Digest>,
     /// Holders (containers) using the image.
     pub holders: Vec<String>,
 }
@@ -836,6 +839,7 @@ impl ImageStore {
             created,
             size: rec.size,
             layers: rec.layers.len(),
+            chain_ids: rec.layers.iter().map(|l| l.chain_id.clone()).collect(),
             holders: holds
                 .iter()
                 .filter(|(_, id)| *id == rec.id)

@@ -300,6 +300,17 @@ struct Plumbing {
     outputs: Vec<Output>,
 }
 
+impl Plumbing {
+    /// A copy of the container's end of the terminal socket, if any.
+    fn their_console(&self) -> std::result::Result<Option<OwnedFd>, String> {
+        self.console
+            .as_ref()
+            .map(|(_, theirs)| theirs.try_clone())
+            .transpose()
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn plumbing(tty: bool, open_stdin: bool) -> std::result::Result<Plumbing, String> {
     if tty {
         let (a, b) = nix::sys::socket::socketpair(
@@ -507,12 +518,7 @@ impl Shim {
         let opts = CreateOptions {
             id: cfg.id.clone(),
             bundle: cfg.bundle.clone(),
-            console_fd: plumbing
-                .console
-                .as_ref()
-                .map(|(_, theirs)| theirs.try_clone())
-                .transpose()
-                .map_err(|e| e.to_string())?,
+            console_fd: plumbing.their_console()?,
             stdio: plumbing.stdio.take(),
             ..CreateOptions::default()
         };
@@ -1147,12 +1153,7 @@ impl Shim {
             process,
             pid_file: None,
             console_socket: None,
-            console_fd: plumbing
-                .console
-                .as_ref()
-                .map(|(_, theirs)| theirs.try_clone())
-                .transpose()
-                .map_err(|e| e.to_string())?,
+            console_fd: plumbing.their_console()?,
             stdio: plumbing.stdio.take(),
             preserve_fds: 0,
         };

@@ -127,6 +127,15 @@ impl Drop for TempRoot {
     }
 }
 
+/// The names of the network links in this network namespace.
+pub fn net_links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .expect("read /sys/class/net")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Mount points at or below `dir`, deepest first, from /proc/self/mountinfo.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

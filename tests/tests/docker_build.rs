@@ -295,8 +295,7 @@ fn intermediates_are_listed_only_with_all(d: &Daemon) {
     let out = build_ok(d, &dir, &[]);
     let result = out
         .lines()
-        .filter_map(|l| l.strip_prefix("Successfully built "))
-        .next()
+        .find_map(|l| l.strip_prefix("Successfully built "))
         .unwrap_or_else(|| panic!("{out}"))
         .trim()
         .to_string();

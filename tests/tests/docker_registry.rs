@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -50,15 +50,16 @@ fn wait_port(port: u16, child: &mut Child) {
 impl Registry {
     fn start(name: &str, htpasswd: Option<(&str, &str)>) -> Registry {
         let tmp = TempRoot::new(name);
-        let port = free_port();
+        // Port 0, and the address from the registry's own log: a port
+        // picked here and bound later could be taken by another test's
+        // registry in between, and this test would talk to that one.
         let mut cmd = Command::new(vessel_testkit::cargo_bin("vessel-registry"));
-        cmd.arg("--addr")
-            .arg(format!("127.0.0.1:{port}"))
+        cmd.args(["--addr", "127.0.0.1:0", "--log-json"])
             .arg("--root")
             .arg(tmp.join("storage"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         if let Some((user, pass)) = htpasswd {
             let mut h = Command::new(vessel_testkit::cargo_bin("vessel-registry"))
                 .args(["htpasswd", user, "--cost", "4"])
@@ -73,6 +74,23 @@ impl Registry {
             cmd.arg("--htpasswd").arg(tmp.join("htpasswd"));
         }
         let mut child = cmd.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("registry exited before it listened");
+            };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "registry listening" {
+                let addr: std::net::SocketAddr = v["fields"]["addr"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("no address in {line}"));
+                break addr.port();
+            }
+        };
+        // Keep reading so the registry never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         wait_port(port, &mut child);
         Registry {
             _tmp: tmp,

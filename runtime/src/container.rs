@@ -23,6 +23,7 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 use crate::cgroups::Cgroup;
 use crate::error::{Error, Result, SysContext};
 use crate::init::{ChildConfig, Role};
+use crate::spec::Bundle;
 use crate::state::{ContainerState, EXEC_FIFO, Root, Status};
 use crate::sync::Msg;
 use crate::{hooks, seccomp, spec, sync, sys};
@@ -185,7 +186,12 @@ const SECCOMP_CACHE: &str = ".seccomp-cache";
 /// Create a container: everything up to the point where its init waits for
 /// `start`.
 pub fn create(root: &Root, o: &CreateOptions) -> Result<ContainerState> {
-    let bundle = spec::load_bundle(&o.bundle)?;
+    create_loaded(root, o, spec::load_bundle(&o.bundle)?)
+}
+
+/// [`create`] for a caller that has already loaded `o.bundle` (to look at
+/// its spec first), so the start path parses config.json once.
+pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<ContainerState> {
     let spec = bundle.spec;
     if !spec::has_namespace(&spec, LinuxNamespaceType::Mount) {
         return Err(Error::Config(

@@ -13,77 +13,19 @@
 #[path = "../vmm/tests/support/mod.rs"]
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// A made-up layer key: the L1 script places the busybox layer image in
 /// the cache under it, as the daemon's first run would.
 const KEY_HEX: &str = "00000000000000000000000000000000000000000000000000000000000000b1";
 
-#[derive(Debug, Default)]
-struct Case {
-    exit: Option<i32>,
-    out: String,
-    err: String,
-    values: HashMap<String, String>,
-    seconds: Option<f64>,
-}
-
-impl Case {
-    /// The container's output as recorded in its json-file log.
-    fn log(&self) -> String {
-        self.out
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["log"].as_str().map(str::to_string))
-            .collect()
-    }
-}
-
-fn parse(console: &str) -> HashMap<String, Case> {
-    let mut cases: HashMap<String, Case> = HashMap::new();
-    let mut current: Option<String> = None;
-    let mut section: Option<&str> = None;
-    for line in console.lines() {
-        if let Some(name) = line.strip_prefix("@@CASE ") {
-            current = Some(name.trim().to_string());
-            cases.entry(name.trim().to_string()).or_default();
-            section = None;
-            continue;
-        }
-        let Some(name) = &current else { continue };
-        let c = cases.get_mut(name).expect("case entry exists");
-        match line {
-            "@@OUT" => section = Some("out"),
-            "@@ERR" => section = Some("err"),
-            "@@END" => section = None,
-            l if l.starts_with("@@EXIT ") => c.exit = l[7..].trim().parse().ok(),
-            l if l.starts_with("@@TIME ") => {
-                let t: Vec<f64> = l[7..]
-                    .split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                if let [a, b] = t[..] {
-                    c.seconds = Some(b - a);
-                }
-            }
-            l if l.starts_with("@@") && section.is_none() => {
-                if let Some((k, v)) = l[2..].split_once(' ') {
-                    c.values.insert(k.to_string(), v.trim().to_string());
-                }
-            }
-            l => {
-                let s = match section {
-                    Some("out") => &mut c.out,
-                    Some("err") => &mut c.err,
-                    _ => continue,
-                };
-                s.push_str(l);
-                s.push('\n');
-            }
-        }
-    }
-    cases
+/// A container's output as recorded in its json-file log.
+fn json_log(c: &support::Case) -> String {
+    c.out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["log"].as_str().map(str::to_string))
+        .collect()
 }
 
 const SCRIPT: &str = r#"
@@ -188,7 +130,7 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
         console.contains("@@DONE"),
         "L1 script did not finish:\n{console}"
     );
-    let cases = parse(&console);
+    let cases = support::parse(&console);
     let case = |n: &str| {
         cases
             .get(n)
@@ -203,7 +145,7 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
     }
 
     let c = case("echo");
-    assert_eq!((c.exit, c.log().as_str()), (Some(0), "hi\n"), "{c:?}");
+    assert_eq!((c.exit, json_log(c).as_str()), (Some(0), "hi\n"), "{c:?}");
 
     let c = case("exit7");
     assert_eq!(c.exit, Some(7), "{c:?}");
@@ -211,7 +153,7 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
     // --memory 128m and --cpus 2 as the spec's resources size the VM.
     let c = case("memory");
     assert_eq!(c.exit, Some(0), "{c:?}");
-    let log = c.log();
+    let log = json_log(c);
     let kb: u64 = log
         .split_whitespace()
         .nth(1)
@@ -225,7 +167,7 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
 
     let c = case("tty");
     assert_eq!(c.exit, Some(0), "{c:?}");
-    assert!(c.log().contains("on-a-tty"), "{c:?}");
+    assert!(json_log(c).contains("on-a-tty"), "{c:?}");
 
     let c = case("exec");
     assert_eq!(
@@ -278,7 +220,7 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
     // Stop: the stop signal reaches the process, which exits its own way.
     let c = case("stop");
     assert_eq!(c.exit, Some(3), "{c:?}");
-    assert_eq!(c.log(), "up\ngot-term\n", "{c:?}");
+    assert_eq!(json_log(c), "up\ngot-term\n", "{c:?}");
     // Kill (the end of a stop timeout): the VM goes, 128 + SIGKILL.
     let c = case("kill");
     assert_eq!(c.exit, Some(137), "{c:?}");

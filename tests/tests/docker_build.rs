@@ -186,18 +186,15 @@ fn single_stage_and_cache(d: &Daemon) {
     );
 
     // Rebuild: every step from the cache, same image.
-    let again = build_ok(
-        d,
-        &dir,
-        &[
-            "-t",
-            "built:one",
-            "--build-arg",
-            "WHO=there",
-            "--label",
-            "from-cli=yes",
-        ],
-    );
+    let same: &[&str] = &[
+        "-t",
+        "built:one",
+        "--build-arg",
+        "WHO=there",
+        "--label",
+        "from-cli=yes",
+    ];
+    let again = build_ok(d, &dir, same);
     assert_eq!(again.matches("Using cache").count(), 11, "{again}");
     let again_id = inspect(d, "built:one")["Id"].as_str().unwrap().to_string();
     assert_eq!(again_id, id.trim());
@@ -210,34 +207,12 @@ fn single_stage_and_cache(d: &Daemon) {
     f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
         .unwrap();
     drop(f);
-    let touched = build_ok(
-        d,
-        &dir,
-        &[
-            "-t",
-            "built:one",
-            "--build-arg",
-            "WHO=there",
-            "--label",
-            "from-cli=yes",
-        ],
-    );
+    let touched = build_ok(d, &dir, same);
     assert_eq!(touched.matches("Using cache").count(), 11, "{touched}");
 
     // Changing its content misses from that COPY on.
     write(&dir, "a.txt", "beta\n");
-    let changed = build_ok(
-        d,
-        &dir,
-        &[
-            "-t",
-            "built:one",
-            "--build-arg",
-            "WHO=there",
-            "--label",
-            "from-cli=yes",
-        ],
-    );
+    let changed = build_ok(d, &dir, same);
     assert_eq!(changed.matches("Using cache").count(), 3, "{changed}");
     let a = d.ok(&["run", "--rm", "built:one", "cat", "/app/a.txt"]);
     assert_eq!(a, "beta\n");

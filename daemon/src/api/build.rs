@@ -14,6 +14,7 @@ use super::{Body, Req, json, streaming};
 use crate::build::{self, BuildOptions, Builder};
 use crate::engine::Engine;
 use crate::engine::error::{Error, Kind};
+use crate::engine::fs::ChanReader;
 
 pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let p: Vec<&str> = req.parts.iter().map(String::as_str).collect();
@@ -73,27 +74,6 @@ fn line(key: &str, v: &serde_json::Value) -> Bytes {
     Bytes::from(b)
 }
 
-/// Reads the request body chunks as a blocking reader.
-struct ChanReader {
-    rx: mpsc::Receiver<Bytes>,
-    cur: Bytes,
-}
-
-impl Read for ChanReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.cur = b,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        self.cur = self.cur.slice(n..);
-        Ok(n)
-    }
-}
-
 fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let q = req.query.clone();
     let builder = builder(&engine)?;
@@ -148,13 +128,7 @@ fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
         // 1. Unpack the context as it arrives.
         let target = ctx_dir.clone();
         let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            let mut r = io::BufReader::with_capacity(
-                1 << 20,
-                ChanReader {
-                    rx: body,
-                    cur: Bytes::new(),
-                },
-            );
+            let mut r = io::BufReader::with_capacity(1 << 20, ChanReader::new(body));
             let head = r.fill_buf().map_err(|e| e.to_string())?;
             let gz = head.starts_with(&[0x1f, 0x8b]);
             if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {

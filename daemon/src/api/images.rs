@@ -1,6 +1,6 @@
 //! `/images/...` and `/commit` routes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -91,26 +91,29 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
 /// intermediate images only with `all`. A build's untagged result has no
 /// child and stays listed, as `<none>`.
 fn hidden_intermediates(engine: &Engine, rows: &[ImageRow]) -> HashSet<Digest> {
-    let made = super::build::builder(engine).and_then(|b| {
-        b.intermediate_images()
-            .map_err(|e| Error::internal(e.to_string()))
-    });
-    let made = match made {
-        Ok(m) => m,
+    let made = match super::build::builder(engine).map(|b| b.intermediate_images()) {
+        Ok(Ok(made)) => made,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "listing build intermediates");
+            return HashSet::new();
+        }
         Err(e) => {
             tracing::warn!(error = %e.message, "listing build intermediates");
             return HashSet::new();
         }
     };
+    // How many images have each chain ID in their chain: an image's top
+    // chain ID counted more than once is in another image's chain too.
+    let mut holders: HashMap<&Digest, usize> = HashMap::new();
+    for r in rows {
+        for c in &r.summary.chain_ids {
+            *holders.entry(c).or_default() += 1;
+        }
+    }
     rows.iter()
         .map(|r| &r.summary)
         .filter(|s| s.repo_tags.is_empty() && made.contains(&s.id))
-        .filter(|s| {
-            s.chain_ids.last().is_some_and(|top| {
-                rows.iter()
-                    .any(|o| o.summary.id != s.id && o.summary.chain_ids.contains(top))
-            })
-        })
+        .filter(|s| s.chain_ids.last().is_some_and(|top| holders[top] > 1))
         .map(|s| s.id.clone())
         .collect()
 }

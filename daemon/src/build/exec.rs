@@ -46,8 +46,8 @@ use crate::images::digest::{Algorithm, HashingWriter};
 use crate::images::manifest::{self, History, RootFs};
 use crate::images::snapshot::{self, TempSnapshot};
 use crate::images::{
-    Compression, Descriptor, Digest, ImageConfig, ImageStore, LayerRecord, Mount, PendingLayer,
-    Platform, Reference, RunConfig, diff, layer,
+    Compression, Digest, ImageConfig, ImageStore, LayerRecord, Mount, PendingLayer, Platform,
+    Reference, RunConfig, diff, layer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -826,18 +826,16 @@ impl Builder {
         })
     }
 
+    /// A fresh overlay upper directory and its work directory.
+    fn upper_and_work(&self) -> Result<(TempSnapshot, TempSnapshot)> {
+        let snapshots = self.store.snapshots();
+        let temp = || snapshots.temp().map_err(crate::images::Error::from);
+        Ok((temp()?, temp()?))
+    }
+
     /// Mount the parent's layers with a fresh upper directory.
     fn step_root(&self, ctx: &Ctx, state: &State) -> Result<StepRoot> {
-        let upper = self
-            .store
-            .snapshots()
-            .temp()
-            .map_err(crate::images::Error::from)?;
-        let work = self
-            .store
-            .snapshots()
-            .temp()
-            .map_err(crate::images::Error::from)?;
+        let (upper, work) = self.upper_and_work()?;
         let mut lowers: Vec<PathBuf> = state
             .layers
             .iter()
@@ -967,16 +965,7 @@ impl Builder {
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.insert(0, format!("PATH={}", vessel_runtime::DEFAULT_PATH));
         }
-        if !env.iter().any(|e| e.starts_with("HOME=")) {
-            env.push(format!(
-                "HOME={}",
-                if ident.home.is_empty() {
-                    "/"
-                } else {
-                    &ident.home
-                }
-            ));
-        }
+        ident.default_home(&mut env);
         let shell = shell_of(&state.config);
         let bundle = ctx.tmp.join(format!(
             "run-{}",
@@ -1040,16 +1029,7 @@ impl Builder {
                     held.extend(src_mount);
                     let host = if *readwrite {
                         // Writes go to a scratch upper and are discarded.
-                        let up = self
-                            .store
-                            .snapshots()
-                            .temp()
-                            .map_err(crate::images::Error::from)?;
-                        let wk = self
-                            .store
-                            .snapshots()
-                            .temp()
-                            .map_err(crate::images::Error::from)?;
+                        let (up, wk) = self.upper_and_work()?;
                         let mp = self.mountpoint(ctx)?;
                         if host.is_dir() {
                             snapshot::mount(
@@ -1538,30 +1518,7 @@ impl Builder {
                 .layers
                 .first()
                 .is_some_and(|l| l.blob.media_type.starts_with("application/vnd.oci."));
-            let mut layers: Vec<PendingLayer> = state
-                .layers
-                .iter()
-                .map(|l| PendingLayer {
-                    blob: l.blob.clone(),
-                    unpacked: None,
-                })
-                .collect();
-            layers.push(PendingLayer {
-                blob: Descriptor {
-                    media_type: if oci {
-                        manifest::OCI_LAYER_GZIP
-                    } else {
-                        manifest::DOCKER_LAYER_GZIP
-                    }
-                    .into(),
-                    digest: blob,
-                    size: blob_size,
-                    urls: None,
-                    annotations: None,
-                    platform: None,
-                },
-                unpacked: Some((upper, applied)),
-            });
+            let layers = PendingLayer::stack(&state.layers, oci, blob, blob_size, (upper, applied));
             let img = store.pending_from_config(&lease, &config, layers, Vec::new())?;
             let t_pending = t0.elapsed();
             let ids = store.record_images(&lease, vec![img], &mut |_| {})?;

@@ -521,20 +521,19 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    /// A context's copy: owners become root.
+    const PLAIN: ExtractOptions = ExtractOptions {
+        keep_owner: false,
+        owner: None,
+    };
+
     #[test]
     fn dotdot_entries_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         let t = tar_with(&[("../escape", tar::EntryType::Regular, b"x", "")]);
-        let e = extract(
-            &t[..],
-            &root,
-            ExtractOptions {
-                keep_owner: false,
-                owner: None,
-            },
-        );
+        let e = extract(&t[..], &root, PLAIN);
         assert!(matches!(e, Err(Error::Escapes(_))), "{e:?}");
         assert!(!dir.path().join("escape").exists());
     }
@@ -553,15 +552,7 @@ mod tests {
             ("up", tar::EntryType::Symlink, b"", "../../.."),
             ("up/pwned2", tar::EntryType::Regular, b"y", ""),
         ]);
-        extract(
-            &t[..],
-            &root,
-            ExtractOptions {
-                keep_owner: false,
-                owner: None,
-            },
-        )
-        .unwrap();
+        extract(&t[..], &root, PLAIN).unwrap();
         assert!(!outside.join("pwned").exists());
         assert!(!dir.path().join("pwned2").exists());
         // Both landed inside the root: the dangling link was replaced by a
@@ -576,14 +567,7 @@ mod tests {
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         let t = tar_with(&[("h", tar::EntryType::Link, b"", "../../etc/passwd")]);
-        let e = extract(
-            &t[..],
-            &root,
-            ExtractOptions {
-                keep_owner: false,
-                owner: None,
-            },
-        );
+        let e = extract(&t[..], &root, PLAIN);
         assert!(e.is_err());
         assert!(!root.join("h").exists());
     }

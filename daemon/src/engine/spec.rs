@@ -165,6 +165,20 @@ pub struct Identity {
     pub home: String,
 }
 
+impl Identity {
+    /// Add `HOME` (the user's home directory, or `/`) unless `env` sets it.
+    pub fn default_home(&self, env: &mut Vec<String>) {
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            let home = if self.home.is_empty() {
+                "/"
+            } else {
+                &self.home
+            };
+            env.push(format!("HOME={home}"));
+        }
+    }
+}
+
 /// Resolve `user[:group]` (names or numbers) against the container's
 /// /etc/passwd and /etc/group, as Docker does.
 pub fn resolve_user(rootfs: &Path, user: &str, group_add: &[String]) -> Result<Identity> {
@@ -340,16 +354,7 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
     };
     let ident = resolve_user(inp.rootfs, &cfg.user, &hc.group_add)?;
     let mut env = environment(inp.image_env, &cfg.env, &hostname, cfg.tty);
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!(
-            "HOME={}",
-            if ident.home.is_empty() {
-                "/"
-            } else {
-                &ident.home
-            }
-        ));
-    }
+    ident.default_home(&mut env);
     let caps = capabilities(hc)?;
     let mut args = vec![c.path.clone()];
     args.extend(c.args.iter().cloned());

@@ -342,6 +342,44 @@ pub(crate) struct PendingLayer {
     pub unpacked: Option<(TempSnapshot, layer::Applied)>,
 }
 
+impl PendingLayer {
+    /// The layers `below` (already recorded) and a new gzip layer on top
+    /// whose blob is `blob` (`size` bytes) and whose tree is already
+    /// unpacked; `oci` picks the OCI or the Docker media type.
+    pub(crate) fn stack(
+        below: &[LayerRecord],
+        oci: bool,
+        blob: Digest,
+        size: u64,
+        unpacked: (TempSnapshot, layer::Applied),
+    ) -> Vec<PendingLayer> {
+        let media_type = if oci {
+            manifest::OCI_LAYER_GZIP
+        } else {
+            manifest::DOCKER_LAYER_GZIP
+        };
+        let mut layers: Vec<PendingLayer> = below
+            .iter()
+            .map(|l| PendingLayer {
+                blob: l.blob.clone(),
+                unpacked: None,
+            })
+            .collect();
+        layers.push(PendingLayer {
+            blob: Descriptor {
+                media_type: media_type.into(),
+                digest: blob,
+                size,
+                urls: None,
+                annotations: None,
+                platform: None,
+            },
+            unpacked: Some(unpacked),
+        });
+        layers
+    }
+}
+
 /// An image ready to be recorded.
 pub(crate) struct PendingImage {
     pub manifest: Descriptor,
@@ -1510,30 +1548,8 @@ impl ImageStore {
         let oci = parent_rec
             .as_ref()
             .is_some_and(|r| r.manifest.media_type == manifest::OCI_MANIFEST);
-        let mut layers: Vec<PendingLayer> = parent_rec
-            .iter()
-            .flat_map(|r| r.layers.iter())
-            .map(|l| PendingLayer {
-                blob: l.blob.clone(),
-                unpacked: None,
-            })
-            .collect();
-        layers.push(PendingLayer {
-            blob: Descriptor {
-                media_type: if oci {
-                    manifest::OCI_LAYER_GZIP
-                } else {
-                    manifest::DOCKER_LAYER_GZIP
-                }
-                .into(),
-                digest: blob,
-                size: blob_size,
-                urls: None,
-                annotations: None,
-                platform: None,
-            },
-            unpacked: Some((tmp, applied)),
-        });
+        let below = parent_rec.as_ref().map_or(&[][..], |r| &r.layers[..]);
+        let layers = PendingLayer::stack(below, oci, blob, blob_size, (tmp, applied));
         let tags = options
             .reference
             .as_deref()

@@ -507,7 +507,7 @@ fn run_container(root: &Root, a: &RunArgs, rootless: bool) -> Result<u8> {
         if terminal && opts.console_socket.is_none() {
             bail!("a terminal needs --console-socket when running detached");
         }
-        container::create(root, &opts)?;
+        container::create_loaded(root, &opts, bundle)?;
         container::start(root, &opts.id)?;
         return Ok(0);
     }
@@ -519,7 +519,7 @@ fn run_container(root: &Root, a: &RunArgs, rootless: bool) -> Result<u8> {
     } else {
         None
     };
-    let state = container::create(root, &opts)?;
+    let state = container::create_loaded(root, &opts, bundle)?;
     let master = listener
         .as_ref()
         .map(foreground::ConsoleListener::receive)

@@ -358,6 +358,33 @@ fn plumbing(tty: bool, open_stdin: bool) -> std::result::Result<Plumbing, String
 }
 
 /// After the process was created: take the terminal master if there is one.
+impl Proc {
+    /// The process a helper reported (`pid` as it wrote it), holding the
+    /// shim's ends of `plumbing`.
+    fn spawned(
+        pid: &str,
+        mut plumbing: Plumbing,
+        conn: Option<u64>,
+        tty: bool,
+    ) -> std::result::Result<Proc, String> {
+        let pid = pid
+            .parse()
+            .map_err(|_| format!("the shim's helper reported PID {pid:?}"))?;
+        let master = finish_plumbing(&mut plumbing)?;
+        Ok(Proc {
+            pid,
+            outputs: plumbing.outputs,
+            stdin: plumbing.stdin,
+            stdin_buf: Vec::new(),
+            close_stdin_after_flush: false,
+            master,
+            exit: None,
+            conn,
+            tty,
+        })
+    }
+}
+
 fn finish_plumbing(p: &mut Plumbing) -> std::result::Result<Option<OwnedFd>, String> {
     let Some((ours, _theirs)) = p.console.take() else {
         return Ok(None);
@@ -528,7 +555,7 @@ impl Shim {
             if crate::vm::wants_vm(&bundle.spec) {
                 return Ok(String::new());
             }
-            let state = container::create(&root, &opts).map_err(|e| e.chain())?;
+            let state = container::create_loaded(&root, &opts, bundle).map_err(|e| e.chain())?;
             Ok(format!("{} {}", state.pid, state.cgroup_path))
         })?;
         drop(opts);
@@ -540,21 +567,7 @@ impl Shim {
             (init, String::new(), Some(vm))
         } else {
             let (pid, cgroup_path) = created.split_once(' ').unwrap_or((created.as_str(), ""));
-            let pid = pid
-                .parse()
-                .map_err(|_| format!("the shim's helper reported PID {pid:?}"))?;
-            let master = finish_plumbing(&mut plumbing)?;
-            let init = Proc {
-                pid,
-                outputs: plumbing.outputs,
-                stdin: plumbing.stdin,
-                stdin_buf: Vec::new(),
-                close_stdin_after_flush: false,
-                master,
-                exit: None,
-                conn: None,
-                tty: cfg.tty,
-            };
+            let init = Proc::spawned(pid, plumbing, None, cfg.tty)?;
             (init, cgroup_path.to_string(), None)
         };
 
@@ -1164,24 +1177,9 @@ impl Shim {
                 .map_err(|e| e.chain())
         })?;
         drop(opts);
-        let pid: i32 = pid
-            .parse()
-            .map_err(|_| format!("the shim's helper reported PID {pid:?}"))?;
-        let master = finish_plumbing(&mut plumbing)?;
-        self.execs.insert(
-            pid,
-            Proc {
-                pid,
-                outputs: plumbing.outputs,
-                stdin: plumbing.stdin,
-                stdin_buf: Vec::new(),
-                close_stdin_after_flush: false,
-                master,
-                exit: None,
-                conn: Some(conn),
-                tty,
-            },
-        );
+        let p = Proc::spawned(&pid, plumbing, Some(conn), tty)?;
+        let pid = p.pid;
+        self.execs.insert(pid, p);
         Ok(pid)
     }
 

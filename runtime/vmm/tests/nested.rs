@@ -11,66 +11,7 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
-
-#[derive(Debug, Default)]
-struct CaseResult {
-    exit: Option<i32>,
-    out: String,
-    err: String,
-    values: HashMap<String, String>,
-    seconds: Option<f64>,
-}
-
-/// Split the console output into cases.
-fn parse(console: &str) -> HashMap<String, CaseResult> {
-    let mut cases: HashMap<String, CaseResult> = HashMap::new();
-    let mut current: Option<String> = None;
-    let mut section: Option<&str> = None;
-    for line in console.lines() {
-        if let Some(name) = line.strip_prefix("@@CASE ") {
-            current = Some(name.trim().to_string());
-            cases.entry(name.trim().to_string()).or_default();
-            section = None;
-            continue;
-        }
-        let Some(name) = &current else { continue };
-        let c = cases.get_mut(name).expect("case entry exists");
-        match line {
-            "@@OUT" => section = Some("out"),
-            "@@ERR" => section = Some("err"),
-            "@@END" => section = None,
-            l if l.starts_with("@@EXIT ") => c.exit = l[7..].trim().parse().ok(),
-            l if l.starts_with("@@TIME ") => {
-                let t: Vec<f64> = l[7..]
-                    .split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                if let [a, b] = t[..] {
-                    c.seconds = Some(b - a);
-                }
-            }
-            l if l.starts_with("@@") && section.is_none() => {
-                if let Some((k, v)) = l[2..].split_once(' ') {
-                    c.values.insert(k.to_string(), v.trim().to_string());
-                }
-            }
-            l => match section {
-                Some("out") => {
-                    c.out.push_str(l);
-                    c.out.push('\n');
-                }
-                Some("err") => {
-                    c.err.push_str(l);
-                    c.err.push('\n');
-                }
-                _ => {}
-            },
-        }
-    }
-    cases
-}
 
 /// The L1 script: one microVM per case.
 const SCRIPT: &str = r#"
@@ -135,7 +76,7 @@ fn microvm_runs_containers_in_nested_kvm() {
         console.contains("@@DONE"),
         "L1 script did not finish:\n{console}"
     );
-    let cases = parse(&console);
+    let cases = support::parse(&console);
     let case = |n: &str| {
         cases
             .get(n)
@@ -263,7 +204,7 @@ fn microvm_runs_containers_in_nested_kvm() {
 #[test]
 fn console_markers_parse() {
     let out = "noise\n@@CASE a\n@@EXIT 3\n@@TIME 1.5 2.0\n@@OUT\nx\n@@ERR\ny\n@@END\n@@SIZE 5\n@@CASE b\n@@EXIT 0\n";
-    let c = parse(out);
+    let c = support::parse(out);
     assert_eq!(c["a"].exit, Some(3));
     assert_eq!((c["a"].out.as_str(), c["a"].err.as_str()), ("x\n", "y\n"));
     assert_eq!(c["a"].values["SIZE"], "5");

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +20,67 @@ use std::time::Duration;
 
 use vessel_vmm::initramfs::{self, Cpio};
 use vessel_vmm::layer::{ImageFormat, LayerImages};
+
+/// One case of an L1 script's console output. Scripts print `@@CASE
+/// name`, then `@@EXIT code`, `@@TIME start end` (L1 uptimes), sections
+/// between `@@OUT`, `@@ERR` and `@@END`, and `@@KEY value` lines.
+#[derive(Debug, Default)]
+pub struct Case {
+    pub exit: Option<i32>,
+    pub out: String,
+    pub err: String,
+    pub values: HashMap<String, String>,
+    pub seconds: Option<f64>,
+}
+
+/// Split the console output into cases.
+pub fn parse(console: &str) -> HashMap<String, Case> {
+    let mut cases: HashMap<String, Case> = HashMap::new();
+    let mut current: Option<String> = None;
+    let mut section: Option<&str> = None;
+    for line in console.lines() {
+        if let Some(name) = line.strip_prefix("@@CASE ") {
+            current = Some(name.trim().to_string());
+            cases.entry(name.trim().to_string()).or_default();
+            section = None;
+            continue;
+        }
+        let Some(name) = &current else { continue };
+        let c = cases.get_mut(name).expect("case entry exists");
+        match line {
+            "@@OUT" => section = Some("out"),
+            "@@ERR" => section = Some("err"),
+            "@@END" => section = None,
+            l if l.starts_with("@@EXIT ") => c.exit = l[7..].trim().parse().ok(),
+            l if l.starts_with("@@TIME ") => {
+                let t: Vec<f64> = l[7..]
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if let [a, b] = t[..] {
+                    c.seconds = Some(b - a);
+                }
+            }
+            l if l.starts_with("@@") && section.is_none() => {
+                if let Some((k, v)) = l[2..].split_once(' ') {
+                    c.values.insert(k.to_string(), v.trim().to_string());
+                }
+            }
+            l => match section {
+                Some("out") => {
+                    c.out.push_str(l);
+                    c.out.push('\n');
+                }
+                Some("err") => {
+                    c.err.push_str(l);
+                    c.err.push('\n');
+                }
+                _ => {}
+            },
+        }
+    }
+    cases
+}
 
 /// Everything an L1 boot needs.
 pub struct Fixtures {

@@ -49,7 +49,7 @@ fn names(d: &Daemon) -> (String, String) {
 
 fn nft_table(table: &str) -> Option<String> {
     let out = std::process::Command::new("nft")
-        .args(["list", "table", "ip", table])
+        .args(["list", "table", "inet", table])
         .output()
         .unwrap();
     out.status
@@ -271,7 +271,7 @@ fn networks_names_ports_modes_and_cleanup() {
         !now.iter().any(|l| l.ends_with(&format!("-{}", &nid[..6]))),
         "bridge of {net} is gone: {now:?}"
     );
-    assert!(!nft_table(&table).unwrap().contains("dnat to"));
+    assert!(!nft_table(&table).unwrap().contains(" dport "));
     let netns = d.tmp.join("run/netns");
     assert!(
         std::fs::read_dir(&netns).map_or(true, |mut r| r.next().is_none()),
@@ -374,4 +374,235 @@ fn testcontainers_python_reaches_a_published_port() {
     assert_eq!(name.len(), 12, "{stdout}");
     // The container is gone again, and so are its ports.
     assert_eq!(d.ok(&["ps", "-aq"]).trim(), "");
+}
+
+/// A prefix no other network of a test run is likely to use.
+fn private_prefixes() -> (String, String) {
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    (
+        format!("10.{}.{}", 1 + seed % 100, (seed >> 8) % 250),
+        format!(
+            "fd{:02x}:{:x}:{:x}",
+            (seed >> 3) % 256,
+            seed >> 16,
+            seed % 65536
+        ),
+    )
+}
+
+fn read_sysctl(p: &str) -> String {
+    std::fs::read_to_string(p).unwrap().trim().to_string()
+}
+
+#[test]
+fn ipv6_ip_ranges_static_addresses_and_hairpin() {
+    need!();
+    vessel_testkit::require!(
+        Path::new("/proc/sys/net/ipv6").exists(),
+        "needs IPv6 in the kernel"
+    );
+    let d = Daemon::start("net-v6");
+    d.load_busybox();
+    let (table, _) = names(&d);
+    // The daemon turned forwarding on for its bridges.
+    assert_eq!(read_sysctl("/proc/sys/net/ipv4/ip_forward"), "1");
+
+    // A dual-stack network: a v4 subnet with a range for dynamic
+    // addresses, and a v6 subnet.
+    let (v4, v6) = private_prefixes();
+    let net = vessel_testkit::unique_name("v6");
+    let nid = d
+        .ok(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            &format!("{v4}.0/24"),
+            "--ip-range",
+            &format!("{v4}.64/26"),
+            "--gateway",
+            &format!("{v4}.1"),
+            "--subnet",
+            &format!("{v6}::/64"),
+            &net,
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(
+        read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding"),
+        "1",
+        "IPv6 forwarding is on with a v6 network"
+    );
+    let n = json(&d.ok(&["network", "inspect", &net]));
+    assert_eq!(n[0]["EnableIPv6"], true, "{}", n[0]);
+    let cfg = n[0]["IPAM"]["Config"].as_array().unwrap();
+    assert_eq!(cfg.len(), 2, "{cfg:?}");
+    assert_eq!(cfg[0]["Subnet"], format!("{v4}.0/24"));
+    assert_eq!(cfg[0]["IPRange"], format!("{v4}.64/26"));
+    assert_eq!(cfg[0]["Gateway"], format!("{v4}.1"));
+    assert_eq!(cfg[1]["Subnet"], format!("{v6}::/64"));
+    assert_eq!(cfg[1]["Gateway"], format!("{v6}::1"));
+
+    // A server with a published port; its addresses come from the range
+    // and the v6 subnet.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "v6a",
+        "--network",
+        &net,
+        "-p",
+        "80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    let a = json(&d.ok(&["inspect", "v6a"]));
+    let id12 = a[0]["Id"].as_str().unwrap()[..12].to_string();
+    let ns = &a[0]["NetworkSettings"];
+    let ep = &ns["Networks"][&net];
+    let ip4 = ep["IPAddress"].as_str().unwrap().to_string();
+    let last: u8 = ip4.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        ip4.starts_with(&format!("{v4}.")) && (64..128).contains(&last),
+        "{ip4} is in the range"
+    );
+    let ip6 = ep["GlobalIPv6Address"].as_str().unwrap().to_string();
+    assert!(ip6.starts_with(&format!("{v6}::")), "{ep}");
+    assert_eq!(ep["GlobalIPv6PrefixLen"], 64);
+    assert_eq!(ep["IPv6Gateway"], format!("{v6}::1"));
+    assert_eq!(ns["GlobalIPv6Address"], ip6.as_str());
+    assert_eq!(ns["IPv6Gateway"], format!("{v6}::1"));
+    let n = json(&d.ok(&["network", "inspect", &net]));
+    let listed = n[0]["Containers"][a[0]["Id"].as_str().unwrap()]["IPv6Address"].clone();
+    assert_eq!(listed, format!("{ip6}/64"));
+
+    // Inside: the addresses are usable at once (no tentative address),
+    // with a link-local one and a default v6 route.
+    let inside = d.ok(&[
+        "exec",
+        "v6a",
+        "sh",
+        "-c",
+        "ip -6 addr show eth0; ip -6 route",
+    ]);
+    assert!(inside.contains(&format!("{ip6}/64")), "{inside}");
+    assert!(inside.contains("scope link"), "{inside}");
+    assert!(!inside.contains("tentative"), "{inside}");
+    assert!(inside.contains(&format!("default via {v6}::1")), "{inside}");
+
+    // A second container reaches the first by v6 address and its name
+    // resolves to that address (AAAA); a port published on every address
+    // is reachable through the gateway addresses (hairpin).
+    let port = {
+        let out = d.ok(&["port", "v6a", "80/tcp"]);
+        out.lines()
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // (busybox wget cannot fetch from IPv6 literals; nc can.)
+    let get = |host: &str, port: &str| {
+        format!("printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} {port}; ")
+    };
+    let script = format!(
+        "set -e; nslookup -type=AAAA v6a; {}{}{}",
+        get(&ip6, "80"),
+        get(&format!("{v4}.1"), &port),
+        get(&format!("{v6}::1"), &port)
+    );
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.contains(&ip6), "AAAA answer: {out}");
+    assert_eq!(
+        out.matches(&id12).count(),
+        3,
+        "by v6 address, by v4 gateway and by v6 gateway: {out}"
+    );
+    // From the host: IPv4 loopback (DNAT) and IPv6 loopback (the relay).
+    let port: u16 = port.parse().unwrap();
+    assert_eq!(http_get(port, "/hostname").trim(), id12);
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let mut s = TcpStream::connect(("::1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        write!(s, "GET /hostname HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.ends_with(&format!("{id12}\n")), "{body}");
+    }
+
+    // Static addresses: anywhere in the subnet, not only in the range;
+    // refused outside it, when taken, and on the default bridge.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "--ip",
+        &format!("{v4}.200"),
+        "--ip6",
+        &format!("{v6}::beef"),
+        "busybox",
+        "sh",
+        "-c",
+        "ip -o addr show eth0",
+    ]);
+    assert!(out.contains(&format!("{v4}.200/24")), "{out}");
+    assert!(out.contains(&format!("{v6}::beef/64")), "{out}");
+    let refused = |args: &[&str], want: &str| {
+        let mut all = vec!["run", "--rm"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["busybox", "true"]);
+        let out = d.run(&all);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    };
+    refused(&["--network", &net, "--ip", "192.0.2.9"], "does not belong");
+    refused(&["--network", &net, "--ip", &ip4], "already in use");
+    refused(
+        &["--network", &net, "--ip6", "fd99:1:2:3::9"],
+        "does not belong",
+    );
+    refused(&["--ip", "172.17.9.9"], "user defined networks only");
+
+    // Removal leaves no link, no rule and no table behind.
+    let aid = a[0]["Id"].as_str().unwrap().to_string();
+    d.ok(&["rm", "-f", "v6a"]);
+    d.ok(&["network", "rm", &net]);
+    let rules = nft_table(&table).unwrap_or_default();
+    assert!(!rules.contains(" dport "), "{rules}");
+    assert!(!rules.contains(&v6), "{rules}");
+    let mut d = d;
+    d.stop();
+    assert!(nft_table(&table).is_none(), "table {table} is gone");
+    let left: Vec<String> = vessel_testkit::net_links()
+        .into_iter()
+        .filter(|l| l.starts_with(&format!("ve{}", &aid[..11])) || l.ends_with(&nid[..6]))
+        .collect();
+    assert!(left.is_empty(), "links left: {left:?}");
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{Body, Req, json as json_resp};
 use crate::engine::Engine;
 use crate::engine::error::Error;
-use crate::network::Network;
+use crate::network::{CreateRequest, IpamRequest, Network};
 
 /// Docker's network document.
 pub fn network_json(n: &Network) -> Value {
@@ -23,15 +23,34 @@ pub fn network_json(n: &Network) -> Value {
                 "EndpointID": e.id,
                 "MacAddress": e.mac,
                 "IPv4Address": e.ip.map(|ip| format!("{ip}/{}", e.prefix)).unwrap_or_default(),
-                "IPv6Address": "",
+                "IPv6Address": e.ip6.map(|ip| format!("{ip}/{}", e.prefix6)).unwrap_or_default(),
             }),
         );
     }
-    let config: Vec<Value> = match (&n.subnet, n.gateway) {
-        (Some(s), Some(g)) => vec![json!({"Subnet": s, "Gateway": g.to_string()})],
-        (Some(s), None) => vec![json!({"Subnet": s})],
-        _ => Vec::new(),
+    let entry = |subnet: &Option<String>, gateway: Option<String>, range: &Option<String>| {
+        let mut e = serde_json::Map::new();
+        e.insert("Subnet".into(), json!(subnet.clone()?));
+        if let Some(r) = range {
+            e.insert("IPRange".into(), json!(r));
+        }
+        if let Some(g) = gateway {
+            e.insert("Gateway".into(), json!(g));
+        }
+        Some(Value::Object(e))
     };
+    let mut config: Vec<Value> = Vec::new();
+    config.extend(entry(
+        &n.subnet,
+        n.gateway.map(|g| g.to_string()),
+        &n.ip_range,
+    ));
+    if n.enable_ipv6 {
+        config.extend(entry(
+            &n.subnet6,
+            n.gateway6.map(|g| g.to_string()),
+            &n.ip_range6,
+        ));
+    }
     let driver = n.driver.as_str();
     json!({
         "Name": n.name,
@@ -40,7 +59,7 @@ pub fn network_json(n: &Network) -> Value {
         "Scope": "local",
         "Driver": driver,
         "EnableIPv4": true,
-        "EnableIPv6": false,
+        "EnableIPv6": n.enable_ipv6,
         "IPAM": {"Driver": "default", "Options": if n.builtin() { Value::Null } else { json!({}) }, "Config": config},
         "Internal": n.internal,
         "Attachable": false,
@@ -98,11 +117,19 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
         (Method::POST, ["networks", "create"]) => {
             let body = req.json().await?;
             let name = body["Name"].as_str().unwrap_or_default();
-            let cfg = body["IPAM"]["Config"]
+            let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
+            let ipam: Vec<IpamRequest> = body["IPAM"]["Config"]
                 .as_array()
-                .and_then(|a| a.first())
-                .cloned()
-                .unwrap_or(Value::Null);
+                .map(|a| {
+                    a.iter()
+                        .map(|c| IpamRequest {
+                            subnet: text(&c["Subnet"]),
+                            gateway: text(&c["Gateway"]),
+                            ip_range: text(&c["IPRange"]),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let strings = |v: &Value| -> BTreeMap<String, String> {
                 v.as_object()
                     .map(|o| {
@@ -112,21 +139,16 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
                     })
                     .unwrap_or_default()
             };
-            if body["EnableIPv6"].as_bool() == Some(true) {
-                return Err(Error::invalid(
-                    "IPv6 networks are not supported by this daemon yet",
-                ));
-            }
             let id = net
-                .create(
-                    name,
-                    body["Driver"].as_str().unwrap_or("bridge"),
-                    cfg["Subnet"].as_str().filter(|s| !s.is_empty()),
-                    cfg["Gateway"].as_str().filter(|s| !s.is_empty()),
-                    body["Internal"].as_bool().unwrap_or(false),
-                    strings(&body["Labels"]),
-                    strings(&body["Options"]),
-                )
+                .create(CreateRequest {
+                    name: name.to_string(),
+                    driver: body["Driver"].as_str().unwrap_or("bridge").to_string(),
+                    ipam,
+                    enable_ipv6: body["EnableIPv6"].as_bool().unwrap_or(false),
+                    internal: body["Internal"].as_bool().unwrap_or(false),
+                    labels: strings(&body["Labels"]),
+                    options: strings(&body["Options"]),
+                })
                 .await?;
             engine.events.emit(
                 "network",

@@ -1988,6 +1988,9 @@ fn write_etc_files(
             let _ = writeln!(hosts, "{ip}\t{name}");
         }
     }
+    if let Some(ip6) = net.and_then(|n| n.ip6) {
+        let _ = writeln!(hosts, "{ip6}\t{hostname}");
+    }
     match net.and_then(|n| n.ip) {
         Some(ip) => {
             let _ = writeln!(hosts, "{ip}\t{hostname}");

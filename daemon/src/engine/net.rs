@@ -3,7 +3,7 @@
 //! releasing all of it when it stops. The network module does the work.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -58,6 +58,11 @@ pub fn requests(c: &Container) -> Vec<AttachRequest> {
             .and_then(|v| v.get("IPv4Address"))
             .and_then(Value::as_str)
             .and_then(|s| s.parse::<Ipv4Addr>().ok()),
+        ip6: v
+            .and_then(|v| v.get("IPAMConfig"))
+            .and_then(|v| v.get("IPv6Address"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Ipv6Addr>().ok()),
     };
     let eps = &c.networking.endpoints_config;
     out.push(req(mode, eps.get(mode)));
@@ -242,6 +247,14 @@ impl Engine {
                 },
             };
             let key = found.map_or(name.clone(), |(n, _)| n.name.clone());
+            let ipam = c
+                .networking
+                .endpoints_config
+                .get(name)
+                .and_then(|v| v.get("IPAMConfig"))
+                .filter(|v| v.is_object())
+                .cloned()
+                .unwrap_or(Value::Null);
             let aliases = requests(c)
                 .into_iter()
                 .find(|r| &r.network == name)
@@ -250,7 +263,7 @@ impl Engine {
             networks.insert(
                 key,
                 json!({
-                    "IPAMConfig": null,
+                    "IPAMConfig": ipam,
                     "Links": null,
                     "Aliases": if aliases.is_empty() { Value::Null } else { json!(aliases) },
                     "MacAddress": ep.map(|(_, e)| e.mac.clone()).unwrap_or_default(),
@@ -260,9 +273,9 @@ impl Engine {
                     "Gateway": ep.and_then(|(n, _)| n.gateway).map(|g| g.to_string()).unwrap_or_default(),
                     "IPAddress": ep.and_then(|(_, e)| e.ip).map(|i| i.to_string()).unwrap_or_default(),
                     "IPPrefixLen": ep.map_or(0, |(_, e)| e.prefix),
-                    "IPv6Gateway": "",
-                    "GlobalIPv6Address": "",
-                    "GlobalIPv6PrefixLen": 0,
+                    "IPv6Gateway": ep.and_then(|(n, e)| e.ip6.and(n.gateway6)).map(|g| g.to_string()).unwrap_or_default(),
+                    "GlobalIPv6Address": ep.and_then(|(_, e)| e.ip6).map(|i| i.to_string()).unwrap_or_default(),
+                    "GlobalIPv6PrefixLen": ep.map_or(0, |(_, e)| e.prefix6),
                     "DNSNames": ep.map_or(Value::Null, |(n, e)| {
                         if n.user_defined() {
                             let mut v = vec![e.container_name.clone()];
@@ -310,11 +323,11 @@ impl Engine {
             "SecondaryIPv6Addresses": null,
             "EndpointID": primary.map(|(_, e)| e.id.clone()).unwrap_or_default(),
             "Gateway": primary.and_then(|(n, _)| n.gateway).map(|g| g.to_string()).unwrap_or_default(),
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
+            "GlobalIPv6Address": primary.and_then(|(_, e)| e.ip6).map(|i| i.to_string()).unwrap_or_default(),
+            "GlobalIPv6PrefixLen": primary.map_or(0, |(_, e)| e.prefix6),
             "IPAddress": primary.and_then(|(_, e)| e.ip).map(|i| i.to_string()).unwrap_or_default(),
             "IPPrefixLen": primary.map_or(0, |(_, e)| e.prefix),
-            "IPv6Gateway": "",
+            "IPv6Gateway": primary.and_then(|(n, e)| e.ip6.and(n.gateway6)).map(|g| g.to_string()).unwrap_or_default(),
             "MacAddress": primary.map(|(_, e)| e.mac.clone()).unwrap_or_default(),
             "Networks": networks,
         })

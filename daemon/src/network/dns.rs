@@ -1,13 +1,14 @@
 //! A small DNS responder per bridge network, on the bridge's gateway
-//! address (UDP and TCP port 53): it answers A queries for the names and
-//! aliases of containers on that network, and relays every other query to
+//! address (UDP and TCP port 53): it answers A and AAAA queries for the
+//! names and aliases of containers on that network (an empty answer when
+//! the name has no address of that family), and relays every other query to
 //! the host's own resolvers (from /etc/resolv.conf).
 //!
 //! It parses only what it needs (header and one question) and copies the
 //! question into the answer; anything else goes upstream unchanged.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,8 +18,18 @@ use tokio::task::JoinHandle;
 
 use super::{Error, Result};
 
+/// The addresses of one name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Addrs {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
 /// Names answered on one network (lower case, no final dot).
-pub type Names = Arc<RwLock<HashMap<String, Ipv4Addr>>>;
+pub type Names = Arc<RwLock<HashMap<String, Addrs>>>;
+
+const A: u16 = 1;
+const AAAA: u16 = 28;
 
 /// A running responder; stops when dropped.
 pub struct Responder {
@@ -148,19 +159,28 @@ async fn answer(q: &[u8], names: &Names, up: &[SocketAddr]) -> Option<Vec<u8>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(&name)
         .copied();
-    if let Some(ip) = found {
-        let mut r = Vec::with_capacity(end + 16);
+    if let Some(addrs) = found {
+        let rdata: Option<Vec<u8>> = match qtype {
+            A => addrs.v4.map(|ip| ip.octets().to_vec()),
+            AAAA => addrs.v6.map(|ip| ip.octets().to_vec()),
+            _ => None,
+        };
+        let mut r = Vec::with_capacity(end + 28);
         r.extend_from_slice(&q[..2]);
         // QR, opcode and RD from the query, AA, RA, NOERROR.
         r.push(0x84 | (q[2] & 0x79));
         r.push(0x80);
         r.extend_from_slice(&[0, 1]);
-        r.extend_from_slice(&[0, u8::from(qtype == 1)]);
+        r.extend_from_slice(&[0, u8::from(rdata.is_some())]);
         r.extend_from_slice(&[0, 0, 0, 0]);
         r.extend_from_slice(&q[12..end]);
-        if qtype == 1 {
-            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-            r.extend_from_slice(&ip.octets());
+        if let Some(d) = rdata {
+            // A pointer to the question's name, type, class IN, TTL 60.
+            r.extend_from_slice(&[0xc0, 0x0c]);
+            r.extend_from_slice(&qtype.to_be_bytes());
+            r.extend_from_slice(&[0, 1, 0, 0, 0, 60, 0]);
+            r.push(u8::try_from(d.len()).unwrap_or(0));
+            r.extend_from_slice(&d);
         }
         return Some(r);
     }
@@ -211,16 +231,31 @@ mod tests {
     #[tokio::test]
     async fn answers_known_names_and_refuses_unknown_without_upstream() {
         let names: Names = Arc::default();
-        names
-            .write()
-            .unwrap()
-            .insert("web".into(), Ipv4Addr::new(10, 0, 0, 2));
+        names.write().unwrap().insert(
+            "web".into(),
+            Addrs {
+                v4: Some(Ipv4Addr::new(10, 0, 0, 2)),
+                v6: None,
+            },
+        );
+        names.write().unwrap().insert(
+            "dual".into(),
+            Addrs {
+                v4: Some(Ipv4Addr::new(10, 0, 0, 3)),
+                v6: Some("fd00:1::3".parse().unwrap()),
+            },
+        );
         let r = answer(&query("WEB", 1), &names, &[]).await.unwrap();
         assert_eq!(&r[..2], &[0x12, 0x34]);
         assert_eq!(r[7], 1, "one answer");
         assert_eq!(&r[r.len() - 4..], &[10, 0, 0, 2]);
         let r = answer(&query("web", 28), &names, &[]).await.unwrap();
         assert_eq!(r[7], 0, "no AAAA record");
+        let r = answer(&query("dual", 28), &names, &[]).await.unwrap();
+        assert_eq!(r[7], 1, "one AAAA record");
+        assert_eq!(&r[r.len() - 18..r.len() - 16], &[0, 16]);
+        let six: Ipv6Addr = "fd00:1::3".parse().unwrap();
+        assert_eq!(&r[r.len() - 16..], &six.octets());
         let r = answer(&query("nothere", 1), &names, &[]).await.unwrap();
         assert_eq!(r[3] & 0x0f, 3, "NXDOMAIN");
     }

@@ -1,8 +1,9 @@
 //! Container networking: network records (the built-in `bridge`, `host`
-//! and `none`, and user-defined bridges), IPv4 address leases, container
-//! endpoints (a veth pair from a bridge into the container's own network
-//! namespace), published ports, the nftables table and a DNS responder per
-//! bridge.
+//! and `none`, and user-defined bridges, optionally dual-stack), IPv4 and
+//! IPv6 address leases, container endpoints (a veth pair from a bridge into
+//! the container's own network namespace), published ports (nftables DNAT,
+//! and a small TCP relay for the host's `::1`), the nftables table, a DNS
+//! responder per bridge, and the host's forwarding switches.
 //!
 //! The module hands the engine plain values: a network namespace path to
 //! put in the OCI spec and the addresses it configured. It never starts a
@@ -18,16 +19,17 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use ipam::Subnet;
+use ipam::{Subnet, Subnet6};
 use netlink::Netlink;
 
 /// Errors of the network module.
@@ -104,6 +106,16 @@ pub struct Network {
     pub bridge: String,
     /// The subnet was chosen by the daemon (it may move if taken).
     pub auto_subnet: bool,
+    /// Dynamic IPv4 addresses come from this prefix of the subnet only.
+    pub ip_range: Option<String>,
+    /// Containers get IPv6 addresses too.
+    pub enable_ipv6: bool,
+    pub subnet6: Option<String>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// Dynamic IPv6 addresses come from this prefix of `subnet6` only.
+    pub ip_range6: Option<String>,
+    /// The IPv6 subnet was chosen by the daemon.
+    pub auto_subnet6: bool,
     /// Endpoints by container ID: the leases.
     pub endpoints: BTreeMap<String, Endpoint>,
 }
@@ -122,6 +134,12 @@ impl Default for Network {
             options: BTreeMap::new(),
             bridge: String::new(),
             auto_subnet: false,
+            ip_range: None,
+            enable_ipv6: false,
+            subnet6: None,
+            gateway6: None,
+            ip_range6: None,
+            auto_subnet6: false,
             endpoints: BTreeMap::new(),
         }
     }
@@ -140,6 +158,41 @@ impl Network {
     fn subnet(&self) -> Option<Subnet> {
         self.subnet.as_deref().and_then(|s| Subnet::parse(s).ok())
     }
+
+    fn subnet6(&self) -> Option<Subnet6> {
+        self.subnet6.as_deref().and_then(|s| Subnet6::parse(s).ok())
+    }
+
+    fn ip_range(&self) -> Option<Subnet> {
+        self.ip_range.as_deref().and_then(|s| Subnet::parse(s).ok())
+    }
+
+    fn ip_range6(&self) -> Option<Subnet6> {
+        self.ip_range6
+            .as_deref()
+            .and_then(|s| Subnet6::parse(s).ok())
+    }
+}
+
+/// One IPAM entry of `network create` (`--subnet`, `--gateway`,
+/// `--ip-range`), IPv4 or IPv6 by the subnet's form.
+#[derive(Debug, Clone, Default)]
+pub struct IpamRequest {
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+}
+
+/// What `network create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub driver: String,
+    pub ipam: Vec<IpamRequest>,
+    pub enable_ipv6: bool,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
 }
 
 /// A container on a network.
@@ -150,6 +203,8 @@ pub struct Endpoint {
     pub container_name: String,
     pub ip: Option<Ipv4Addr>,
     pub prefix: u8,
+    pub ip6: Option<Ipv6Addr>,
+    pub prefix6: u8,
     pub mac: String,
     pub aliases: Vec<String>,
     /// The interface inside the container (`eth0`, `eth1`, ...).
@@ -184,6 +239,7 @@ pub struct AttachRequest {
     pub network: String,
     pub aliases: Vec<String>,
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// What the engine needs after attaching: addresses for /etc/hosts and
@@ -191,6 +247,7 @@ pub struct AttachRequest {
 #[derive(Debug, Clone, Default)]
 pub struct Attached {
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
     pub nameserver: Option<Ipv4Addr>,
 }
 
@@ -210,6 +267,8 @@ struct State {
 enum Reservation {
     Tcp(std::net::TcpListener),
     Udp(std::net::UdpSocket),
+    /// The relay from the host's `[::1]:port`; stops when dropped.
+    Relay(proxy::Relay),
 }
 
 /// The network subsystem.
@@ -433,6 +492,14 @@ impl Manager {
         }
         st.ports.retain(|c, _| live.contains(c));
         let _ = self.save_ports(st);
+        let relays: Vec<(String, Vec<Reservation>)> = st
+            .ports
+            .iter()
+            .map(|(c, maps)| (c.clone(), Self::relays(st, c, maps)))
+            .collect();
+        for (c, r) in relays {
+            st.reserved.entry(c).or_default().extend(r);
+        }
         if let Ok(dir) = std::fs::read_dir(&self.cfg.netns_dir) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -511,6 +578,14 @@ impl Manager {
             format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
             "1",
         );
+        if n.enable_ipv6 {
+            let s6 = n.subnet6().ok_or_else(|| Error::Invalid {
+                what: format!("network {} has IPv6 enabled but no IPv6 subnet", n.name),
+            })?;
+            let gw6 = n.gateway6.unwrap_or_else(|| s6.first());
+            self.nl.ensure_addr6(&n.bridge, gw6, s6.prefix).await?;
+        }
+        enable_forwarding(n.enable_ipv6);
         st.up.insert(n.bridge.clone());
         Ok(())
     }
@@ -543,11 +618,17 @@ impl Manager {
             let mut map = HashMap::new();
             if n.user_defined() {
                 for (cid, ep) in &n.endpoints {
-                    let Some(ip) = ep.ip else { continue };
-                    map.insert(ep.container_name.to_ascii_lowercase(), ip);
-                    map.insert(cid[..12].to_string(), ip);
+                    let addrs = dns::Addrs {
+                        v4: ep.ip,
+                        v6: ep.ip6,
+                    };
+                    if addrs == dns::Addrs::default() {
+                        continue;
+                    }
+                    map.insert(ep.container_name.to_ascii_lowercase(), addrs);
+                    map.insert(cid[..12].to_string(), addrs);
                     for a in &ep.aliases {
-                        map.insert(a.to_ascii_lowercase(), ip);
+                        map.insert(a.to_ascii_lowercase(), addrs);
                     }
                 }
             }
@@ -568,6 +649,11 @@ impl Manager {
                     bridge: n.bridge.clone(),
                     subnet: s.addr,
                     prefix: s.prefix,
+                    subnet6: n
+                        .enable_ipv6
+                        .then(|| n.subnet6())
+                        .flatten()
+                        .map(|s6| (s6.addr, s6.prefix)),
                     internal: n.internal,
                 })
             })
@@ -577,6 +663,7 @@ impl Manager {
             let Some(ip) = Self::primary_ip(st, cid) else {
                 continue;
             };
+            let ip6 = Self::primary_ip6(st, cid);
             for p in maps {
                 let (port, proto) = p
                     .container_port
@@ -592,6 +679,7 @@ impl Manager {
                         .filter(|a| !a.is_unspecified()),
                     host_port: p.host_port,
                     container_ip: ip,
+                    container_ip6: ip6,
                     container_port: port,
                 });
             }
@@ -611,6 +699,47 @@ impl Manager {
             .filter_map(|n| n.endpoints.get(cid))
             .filter(|e| e.ifname == "eth0")
             .find_map(|e| e.ip)
+    }
+
+    fn primary_ip6(st: &State, cid: &str) -> Option<Ipv6Addr> {
+        st.networks
+            .values()
+            .filter_map(|n| n.endpoints.get(cid))
+            .filter(|e| e.ifname == "eth0")
+            .find_map(|e| e.ip6)
+    }
+
+    /// Relays from `[::1]` for the TCP ports of `cid` published on every
+    /// address (see [`proxy`]). A port that cannot be relayed is logged
+    /// and left to the IPv4 forwarding.
+    fn relays(st: &State, cid: &str, maps: &[PortMapping]) -> Vec<Reservation> {
+        let Some(ip) = Self::primary_ip(st, cid) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for p in maps {
+            let Some((port, "tcp")) = p.container_port.split_once('/') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            if !p
+                .host_ip
+                .parse::<IpAddr>()
+                .is_ok_and(|a| a.is_unspecified())
+            {
+                continue;
+            }
+            match proxy::start(p.host_port, SocketAddr::new(IpAddr::V4(ip), port)) {
+                Ok(Some(r)) => out.push(Reservation::Relay(r)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(container = %cid, error = %crate::engine::error::chain(&e), "no relay from ::1");
+                }
+            }
+        }
+        out
     }
 
     // ----- lookup -----
@@ -675,17 +804,16 @@ impl Manager {
     // ----- networks -----
 
     /// `network create`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create(
-        &self,
-        name: &str,
-        driver: &str,
-        subnet: Option<&str>,
-        gateway: Option<&str>,
-        internal: bool,
-        labels: BTreeMap<String, String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<String> {
+    pub async fn create(&self, req: CreateRequest) -> Result<String> {
+        let CreateRequest {
+            name,
+            driver,
+            ipam,
+            mut enable_ipv6,
+            internal,
+            labels,
+            options,
+        } = req;
         if name.is_empty()
             || !name
                 .chars()
@@ -697,7 +825,7 @@ impl Manager {
                 ),
             });
         }
-        match driver {
+        match driver.as_str() {
             "" | "bridge" => {}
             "host" | "null" => {
                 return Err(Error::Forbidden {
@@ -712,55 +840,70 @@ impl Manager {
                 });
             }
         }
-        let subnet = subnet.map(Subnet::parse).transpose()?;
-        let gateway = match gateway {
-            Some(g) => {
-                let ip: Ipv4Addr = g.parse().map_err(|_| Error::Invalid {
-                    what: format!("invalid gateway address {g:?}"),
-                })?;
-                let Some(s) = subnet else {
-                    return Err(Error::Invalid {
-                        what: "a gateway needs a subnet (--subnet)".into(),
-                    });
-                };
-                if !s.contains(ip) || ip == s.addr {
-                    return Err(Error::Invalid {
-                        what: format!("gateway {ip} is not a host address of subnet {s}"),
-                    });
-                }
-                Some(ip)
-            }
-            None => subnet.map(|s| s.first()),
-        };
+        let pools = parse_ipam(&ipam)?;
+        if pools.v6.is_some() {
+            enable_ipv6 = true;
+        }
         let mut st = self.state.lock().await;
         if st.networks.values().any(|n| n.name == name) {
             return Err(Error::Conflict {
                 what: format!("network with name {name} already exists"),
             });
         }
-        if let Some(s) = subnet {
-            if let Some(o) = st
-                .networks
-                .values()
-                .find(|n| n.subnet().is_some_and(|x| x.overlaps(&s)))
-            {
-                return Err(Error::Forbidden {
-                    what: format!(
-                        "invalid pool request: Pool overlaps with other one on this address space (network {})",
-                        o.name
-                    ),
-                });
-            }
+        let pool_clash = |o: &Network| -> bool {
+            pools
+                .v4
+                .is_some_and(|(s, ..)| o.subnet().is_some_and(|x| x.overlaps(&s)))
+                || pools
+                    .v6
+                    .is_some_and(|(s, ..)| o.subnet6().is_some_and(|x| x.overlaps(&s)))
+        };
+        if let Some(o) = st.networks.values().find(|o| pool_clash(o)) {
+            return Err(Error::Forbidden {
+                what: format!(
+                    "invalid pool request: Pool overlaps with other one on this address space (network {})",
+                    o.name
+                ),
+            });
         }
         let id = new_id();
+        let mut subnet6 = pools.v6.map(|(s, ..)| s);
+        if enable_ipv6 {
+            let mut used: Vec<Subnet6> = self
+                .nl
+                .routed_v6()
+                .await?
+                .into_iter()
+                .map(|(a, p)| Subnet6::new(a, p))
+                .collect();
+            used.extend(st.networks.values().filter_map(Network::subnet6));
+            if let Some(s) = subnet6 {
+                if used.iter().any(|u| u.overlaps(&s)) {
+                    return Err(Error::Conflict {
+                        what: format!(
+                            "network {name}: subnet {s} overlaps a route of the host or another network"
+                        ),
+                    });
+                }
+            } else {
+                subnet6 = (0..64)
+                    .map(|i| Subnet6::unique_local(&format!("{id}/{i}")))
+                    .find(|s| !used.iter().any(|u| u.overlaps(s)));
+                if subnet6.is_none() {
+                    return Err(Error::Invalid {
+                        what: "no free IPv6 subnet left for a network".into(),
+                    });
+                }
+            }
+        }
         let prefix: String = self.cfg.prefix.chars().take(8).collect();
         let mut n = Network {
             id: id.clone(),
-            name: name.to_string(),
+            name: name.clone(),
             driver: "bridge".into(),
             created: now(),
-            subnet: subnet.map(|s| s.to_string()),
-            gateway,
+            subnet: pools.v4.map(|(s, ..)| s.to_string()),
+            gateway: pools.v4.map(|(s, g, _)| g.unwrap_or_else(|| s.first())),
             internal,
             labels,
             bridge: options
@@ -768,7 +911,18 @@ impl Manager {
                 .cloned()
                 .unwrap_or_else(|| format!("{prefix}-{}", &id[..6])),
             options,
-            auto_subnet: subnet.is_none(),
+            auto_subnet: pools.v4.is_none(),
+            ip_range: pools.v4.and_then(|(.., r)| r).map(|r| r.to_string()),
+            enable_ipv6,
+            subnet6: subnet6.map(|s| s.to_string()),
+            gateway6: subnet6.map(|s| {
+                pools
+                    .v6
+                    .and_then(|(_, g, _)| g)
+                    .unwrap_or_else(|| s.first())
+            }),
+            ip_range6: pools.v6.and_then(|(.., r)| r).map(|r| r.to_string()),
+            auto_subnet6: enable_ipv6 && pools.v6.is_none(),
             endpoints: BTreeMap::new(),
         };
         self.bridge_up(&mut st, &mut n).await?;
@@ -880,21 +1034,84 @@ impl Manager {
             what: format!("network {} has no subnet", n.name),
         })?;
         let gw = n.gateway.unwrap_or_else(|| s.first());
+        if req.ip.is_some() || req.ip6.is_some() {
+            if !n.user_defined() {
+                return Err(Error::Invalid {
+                    what: "user specified IP address is supported on user defined networks only"
+                        .into(),
+                });
+            }
+            if (req.ip.is_some() && n.auto_subnet) || (req.ip6.is_some() && n.auto_subnet6) {
+                return Err(Error::Invalid {
+                    what: "user specified IP address is supported only when connecting to networks with user configured subnets".into(),
+                });
+            }
+        }
         let mut taken: Vec<Ipv4Addr> = n.endpoints.values().filter_map(|e| e.ip).collect();
         taken.push(gw);
         let ip = match req.ip {
-            Some(ip) if !s.contains(ip) || taken.contains(&ip) => {
+            Some(ip) if !s.contains(ip) || ip == s.addr || ip == s.last() => {
                 return Err(Error::Invalid {
                     what: format!(
-                        "address {ip} is not free in subnet {s} of network {}",
+                        "invalid address {ip}: it does not belong to subnet {s} of network {}",
                         n.name
                     ),
                 });
             }
+            Some(ip) if taken.contains(&ip) => {
+                return Err(Error::Conflict {
+                    what: format!("address {ip} is already in use in network {}", n.name),
+                });
+            }
             Some(ip) => ip,
-            None => s.allocate(&taken).ok_or_else(|| Error::Conflict {
-                what: format!("no free address left in network {}", n.name),
-            })?,
+            None => s
+                .allocate_in(n.ip_range(), &taken)
+                .ok_or_else(|| Error::Conflict {
+                    what: format!("no free address left in network {}", n.name),
+                })?,
+        };
+        let v6 = if n.enable_ipv6 {
+            let s6 = n.subnet6().ok_or_else(|| Error::Invalid {
+                what: format!("network {} has IPv6 enabled but no IPv6 subnet", n.name),
+            })?;
+            let gw6 = n.gateway6.unwrap_or_else(|| s6.first());
+            let mut taken6: Vec<Ipv6Addr> = n.endpoints.values().filter_map(|e| e.ip6).collect();
+            taken6.push(gw6);
+            let ip6 = match req.ip6 {
+                Some(ip6) if !s6.contains(ip6) || ip6 == s6.addr => {
+                    return Err(Error::Invalid {
+                        what: format!(
+                            "invalid address {ip6}: it does not belong to subnet {s6} of network {}",
+                            n.name
+                        ),
+                    });
+                }
+                Some(ip6) if taken6.contains(&ip6) => {
+                    return Err(Error::Conflict {
+                        what: format!("address {ip6} is already in use in network {}", n.name),
+                    });
+                }
+                Some(ip6) => ip6,
+                None => s6
+                    .allocate_in(n.ip_range6(), &taken6)
+                    .ok_or_else(|| Error::Conflict {
+                        what: format!("no free IPv6 address left in network {}", n.name),
+                    })?,
+            };
+            Some(netlink::Inside6 {
+                ip: ip6,
+                prefix: s6.prefix,
+                gateway: Some(gw6),
+            })
+        } else if let Some(ip6) = req.ip6 {
+            return Err(Error::Invalid {
+                what: format!(
+                    "invalid address {ip6}: network {} has no IPv6 subnet",
+                    n.name
+                ),
+            });
+        } else {
+            None
         };
         let used_ifs: Vec<String> = st
             .networks
@@ -929,9 +1146,13 @@ impl Manager {
         drop(t);
         let (ifn, prefix) = (ifname.clone(), s.prefix);
         let route = (slot == 0).then_some(gw);
+        let inside6 = v6.map(|v| netlink::Inside6 {
+            gateway: v.gateway.filter(|_| slot == 0),
+            ..v
+        });
         let t = crate::engine::timing::step("start", "configure inside", cid);
         let configured = netlink::in_netns(netns, move |nl| async move {
-            nl.configure_inside(&ifn, ip, prefix, route).await
+            nl.configure_inside(&ifn, ip, prefix, route, inside6).await
         })
         .await;
         drop(t);
@@ -950,6 +1171,8 @@ impl Manager {
                 container_name: cname.to_string(),
                 ip: Some(ip),
                 prefix: s.prefix,
+                ip6: v6.map(|v| v.ip),
+                prefix6: v6.map_or(0, |v| v.prefix),
                 mac: mac_string(mac),
                 aliases,
                 ifname,
@@ -964,6 +1187,7 @@ impl Manager {
         Self::refresh_dns(&mut st);
         Ok(Attached {
             ip: Some(ip),
+            ip6: v6.map(|v| v.ip),
             nameserver: nameserver.or(Some(gw)),
         })
     }
@@ -1018,6 +1242,7 @@ impl Manager {
                 host_port: port,
             });
         }
+        held.extend(Self::relays(&st, cid, &maps));
         st.ports.insert(cid.to_string(), maps.clone());
         st.reserved.insert(cid.to_string(), held);
         self.save_ports(&st)?;
@@ -1153,4 +1378,131 @@ impl Manager {
             tracing::warn!(error = %e, "firewall table removal");
         }
     }
+}
+
+/// Turn on IPv4 forwarding (and IPv6 forwarding with `v6`) on the host,
+/// as Docker does when it sets up bridge networking: routed traffic
+/// (outbound NAT, published ports, hairpin through a host address) needs
+/// it. Each switch is looked at once per daemon and logged when turned on.
+fn enable_forwarding(v6: bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static V4: AtomicBool = AtomicBool::new(false);
+    static V6: AtomicBool = AtomicBool::new(false);
+    let mut todo = vec![(&V4, "/proc/sys/net/ipv4/ip_forward")];
+    if v6 {
+        todo.push((&V6, "/proc/sys/net/ipv6/conf/all/forwarding"));
+    }
+    for (done, path) in todo {
+        if done.swap(true, Ordering::SeqCst) {
+            continue;
+        }
+        match std::fs::read_to_string(path) {
+            Ok(v) if v.trim() == "0" => match std::fs::write(path, "1") {
+                Ok(()) => tracing::info!(sysctl = path, "forwarding turned on for bridge networks"),
+                Err(e) => tracing::warn!(sysctl = path, error = %e, "cannot turn on forwarding"),
+            },
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(sysctl = path, error = %e, "cannot read the forwarding switch");
+            }
+        }
+    }
+}
+
+/// The parsed IPAM entries of `network create`: at most one IPv4 and one
+/// IPv6 pool, each (subnet, gateway, range).
+#[derive(Default)]
+struct Pools {
+    v4: Option<(Subnet, Option<Ipv4Addr>, Option<Subnet>)>,
+    v6: Option<(Subnet6, Option<Ipv6Addr>, Option<Subnet6>)>,
+}
+
+fn parse_ipam(reqs: &[IpamRequest]) -> Result<Pools> {
+    let mut out = Pools::default();
+    for r in reqs {
+        let Some(subnet) = r.subnet.as_deref() else {
+            if r.gateway.is_some() || r.ip_range.is_some() {
+                return Err(Error::Invalid {
+                    what: "a gateway or an IP range needs a subnet (--subnet)".into(),
+                });
+            }
+            continue;
+        };
+        if subnet.contains(':') {
+            if out.v6.is_some() {
+                return Err(Error::Invalid {
+                    what: "only one IPv6 subnet per network is supported".into(),
+                });
+            }
+            let s = Subnet6::parse(subnet)?;
+            let gw = r
+                .gateway
+                .as_deref()
+                .map(|g| {
+                    let ip: Ipv6Addr = g.parse().map_err(|_| Error::Invalid {
+                        what: format!("invalid gateway address {g:?} for subnet {s}"),
+                    })?;
+                    if !s.contains(ip) || ip == s.addr {
+                        return Err(Error::Invalid {
+                            what: format!("gateway {ip} is not a host address of subnet {s}"),
+                        });
+                    }
+                    Ok(ip)
+                })
+                .transpose()?;
+            let range = r
+                .ip_range
+                .as_deref()
+                .map(|x| {
+                    let rg = Subnet6::parse(x)?;
+                    if s.covers(&rg) {
+                        Ok(rg)
+                    } else {
+                        Err(Error::Invalid {
+                            what: format!("IP range {rg} is not inside subnet {s}"),
+                        })
+                    }
+                })
+                .transpose()?;
+            out.v6 = Some((s, gw, range));
+        } else {
+            if out.v4.is_some() {
+                return Err(Error::Invalid {
+                    what: "only one IPv4 subnet per network is supported".into(),
+                });
+            }
+            let s = Subnet::parse(subnet)?;
+            let gw = r
+                .gateway
+                .as_deref()
+                .map(|g| {
+                    let ip: Ipv4Addr = g.parse().map_err(|_| Error::Invalid {
+                        what: format!("invalid gateway address {g:?} for subnet {s}"),
+                    })?;
+                    if !s.contains(ip) || ip == s.addr {
+                        return Err(Error::Invalid {
+                            what: format!("gateway {ip} is not a host address of subnet {s}"),
+                        });
+                    }
+                    Ok(ip)
+                })
+                .transpose()?;
+            let range = r
+                .ip_range
+                .as_deref()
+                .map(|x| {
+                    let rg = Subnet::parse(x)?;
+                    if s.covers(&rg) {
+                        Ok(rg)
+                    } else {
+                        Err(Error::Invalid {
+                            what: format!("IP range {rg} is not inside subnet {s}"),
+                        })
+                    }
+                })
+                .transpose()?;
+            out.v4 = Some((s, gw, range));
+        }
+    }
+    Ok(out)
 }

@@ -5,11 +5,12 @@
 //! This module only speaks netlink; which names and addresses to use is
 //! decided by the bridge driver.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
@@ -122,6 +123,51 @@ impl Netlink {
         Ok(index)
     }
 
+    /// Give the link `name` the IPv6 address `ip/prefix` (if it lacks it),
+    /// usable at once: IPv6 enabled on the link, no duplicate address
+    /// detection.
+    pub async fn ensure_addr6(&self, name: &str, ip: Ipv6Addr, prefix: u8) -> Result<()> {
+        let index = self.index(name).await?.ok_or_else(|| Error::NotFound {
+            what: format!("link {name} is missing"),
+        })?;
+        ipv6_on(name)?;
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(nl(format!("addresses of {name}")))?
+        {
+            let has = a
+                .attributes
+                .iter()
+                .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V6(x)) if *x == ip));
+            if has && a.header.prefix_len == prefix {
+                return Ok(());
+            }
+        }
+        self.add_addr6(index, ip, prefix)
+            .await
+            .map_err(nl(format!("add {ip}/{prefix} to {name}")))
+    }
+
+    async fn add_addr6(
+        &self,
+        index: u32,
+        ip: Ipv6Addr,
+        prefix: u8,
+    ) -> std::result::Result<(), rtnetlink::Error> {
+        let mut req = self.handle.address().add(index, IpAddr::V6(ip), prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute().await
+    }
+
     /// Delete a link by name; a missing link is not an error.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let Some(index) = self.index(name).await? else {
@@ -220,6 +266,29 @@ impl Netlink {
         Ok(out)
     }
 
+    /// IPv6 prefixes the host routes (any table, not link-local or
+    /// multicast), so new subnets avoid them.
+    pub async fn routed_v6(&self) -> Result<Vec<(Ipv6Addr, u8)>> {
+        let mut out = Vec::new();
+        let q = rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let mut s = self.handle.route().get(q).execute();
+        while let Some(r) = s.try_next().await.map_err(nl("list routes"))? {
+            let len = r.header.destination_prefix_length;
+            if len == 0 {
+                continue;
+            }
+            for a in &r.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet6(ip)) = a {
+                    let seg = ip.segments()[0];
+                    if seg & 0xffc0 != 0xfe80 && seg & 0xff00 != 0xff00 {
+                        out.push((*ip, len));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The MTU of the interface that carries the default route (1500 if
     /// there is none).
     pub async fn host_mtu(&self) -> u32 {
@@ -253,14 +322,22 @@ impl Netlink {
     }
 
     /// Inside a container's namespace: loopback up, `ifname` up with
-    /// `ip/prefix`, and a default route through `gateway` if given.
+    /// `ip/prefix`, and a default route through `gateway` if given; with
+    /// `v6`, IPv6 enabled on the interface without duplicate address
+    /// detection (so its addresses, the link-local one too, work at once),
+    /// its address and a default route through its gateway if given.
     pub async fn configure_inside(
         &self,
         ifname: &str,
         ip: Ipv4Addr,
         prefix: u8,
         gateway: Option<Ipv4Addr>,
+        v6: Option<Inside6>,
     ) -> Result<()> {
+        if v6.is_some() {
+            ipv6_on("all")?;
+            ipv6_on(ifname)?;
+        }
         if let Some(lo) = self.index("lo").await? {
             self.handle
                 .link()
@@ -296,8 +373,50 @@ impl Netlink {
                 .await
                 .map_err(nl(format!("add a default route via {gw}")))?;
         }
+        if let Some(v6) = v6 {
+            self.add_addr6(index, v6.ip, v6.prefix)
+                .await
+                .map_err(nl(format!("add {}/{} to {ifname}", v6.ip, v6.prefix)))?;
+            if let Some(gw) = v6.gateway {
+                let route = rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+                    .gateway(gw)
+                    .output_interface(index)
+                    .build();
+                self.handle
+                    .route()
+                    .add(route)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("add a default route via {gw}")))?;
+            }
+        }
         Ok(())
     }
+}
+
+/// The IPv6 side of a container's interface.
+#[derive(Debug, Clone, Copy)]
+pub struct Inside6 {
+    pub ip: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv6Addr>,
+}
+
+/// Write `value` to `/proc/sys/net/<key>` of the calling thread's network
+/// namespace.
+pub fn sysctl(key: &str, value: &str) -> Result<()> {
+    let p = format!("/proc/sys/net/{key}");
+    std::fs::write(&p, value).map_err(|source| Error::Io {
+        what: format!("write {value} to {p}"),
+        source,
+    })
+}
+
+/// IPv6 on for the link (or `all`/`default`), without duplicate address
+/// detection, in the calling thread's network namespace.
+fn ipv6_on(link: &str) -> Result<()> {
+    sysctl(&format!("ipv6/conf/{link}/disable_ipv6"), "0")?;
+    sysctl(&format!("ipv6/conf/{link}/accept_dad"), "0")
 }
 
 /// Run `f` with a netlink connection opened inside the network namespace

@@ -216,7 +216,7 @@ mod tests {
         let s = render("t", &b, &p);
         assert!(s.starts_with("table inet t {"));
         assert!(s.contains("ip daddr 127.0.0.1 tcp dport 8080 dnat ip to 172.17.0.2:80"));
-        assert!(!s.contains("dnat ip6"), "a port on 127.0.0.1 only");
+        assert!(!s.contains("dnat ip6 to"), "a port on 127.0.0.1 only");
         assert!(s.contains("ip6 saddr fd00:1::/64 oifname != \"br0\" masquerade"));
         let p = vec![PortRule {
             host_ip: None,

@@ -7,10 +7,11 @@
 #   2. throughput container-to-container on a user network and from the
 #      host through a published port on 127.0.0.1 (busybox nc, 512 MiB of
 #      zeros; the host side writes to bash's /dev/tcp), for vesseld and
-#      dockerd.
+#      dockerd, taking turns for --rounds rounds (default 5) and reporting
+#      the median, so that the machine's changing load hits both alike.
 #
-#   bench/network/run.sh [--runs N] [--results DIR] [--skip docker,podman] [--no-build]
-#                        [--baseline DIR]
+#   bench/network/run.sh [--runs N] [--rounds N] [--results DIR]
+#                        [--skip docker,podman,latency] [--no-build] [--baseline DIR]
 #
 # --baseline DIR also measures the latency of the vesseld and vessel-shim
 # binaries in DIR (an earlier build) as `vessel-base`, in the same run.
@@ -24,6 +25,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 runs=20
+rounds=5
 results=
 skip=
 build=1
@@ -31,6 +33,7 @@ baseline=
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) runs=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
         --results) results=$2; shift 2 ;;
         --skip) skip=$2; shift 2 ;;
         --no-build) build=0; shift ;;
@@ -153,54 +156,75 @@ for net in bridge none; do
     skipped podman || args+=(-n "podman $net" "podman --root $work/podman/root --runroot $work/podman/run --cgroup-manager cgroupfs --events-backend none --runtime runc run --rm --network $net busybox true")
 done
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$results/load.txt"
-echo "== run --rm latency ($runs runs each)" >&2
-hyperfine -N --warmup 3 --runs "$runs" --export-json "$results/latency.json" "${args[@]}" | tee "$results/latency.txt"
+if ! skipped latency; then
+    echo "== run --rm latency ($runs runs each)" >&2
+    hyperfine -N --warmup 3 --runs "$runs" --export-json "$results/latency.json" "${args[@]}" | tee "$results/latency.txt"
+fi
 
-# 2. Throughput.
+# 2. Throughput: the engines take turns, round after round, so a change in
+# the machine's load hits them alike; the median of the rounds is reported.
 mib=512
-throughput() { # engine socket
-    local d="env DOCKER_HOST=unix://$2" net=bnet$$
-    $d docker network create "$net" >/dev/null
-    # busybox nc ends a connection when its stdin ends: give each listener
-    # one that never does, and count what its one connection brought
-    # (port 5000 from the other container, 5001 published on the host).
-    $d docker run -d --name sink --network "$net" -p 127.0.0.1:0:5001 busybox \
-        sh -c 'for p in 5000 5001; do (sleep 3600 | nc -l -p $p | wc -c >/tmp/r$p) & done; wait' >/dev/null
-    $d docker run -d --name src --network "$net" busybox sleep 600 >/dev/null
-    local port
-    port=$($d docker port sink 5001/tcp | head -1 | awk -F: '{print $NF}')
-    sleep 0.5 # let nc listen (a benchmark, not a test)
-    local t0 t1
-    # The count of a connection is written once the listener saw its end.
-    received() { # PORT -> bytes its connection brought, waiting for the count
-        for _ in $(seq 100); do
-            local n
-            n=$($d docker exec sink sh -c "cat /tmp/r$1 2>/dev/null")
-            [ -n "$n" ] && { echo "$n"; return; }
-            sleep 0.1
-        done
-        echo 0
-    }
-    report() { # what t0 t1 bytes
-        if [ "$4" = $((mib * 1024 * 1024)) ]; then
-            echo "$1: $(echo "$mib / ($3 - $2)" | bc -l | cut -c1-7) MiB/s"
-        else
-            echo "$1: incomplete ($4 of $((mib * 1024 * 1024)) bytes arrived)"
-        fi
-    }
-    t0=$(date +%s.%N)
-    $d docker exec src sh -c "dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc sink 5000"
-    t1=$(date +%s.%N)
-    report "$1 container-to-container" "$t0" "$t1" "$(received 5000)"
-    t0=$(date +%s.%N)
-    dd if=/dev/zero bs=1M count=$mib 2>/dev/null >/dev/tcp/127.0.0.1/"$port"
-    t1=$(date +%s.%N)
-    report "$1 host->127.0.0.1:$port published" "$t0" "$t1" "$(received 5001)"
-    $d docker rm -f sink src >/dev/null
-    $d docker network rm "$net" >/dev/null
+engines=(vessel)
+skipped docker || engines+=(docker)
+sock_of() { case $1 in vessel) echo "$work/vd.sock" ;; docker) echo "$work/dd.sock" ;; esac; }
+setup() { # engine: a user network, a sink and a source container
+    local d="env DOCKER_HOST=unix://$(sock_of "$1")"
+    $d docker network create "bnet$$" >/dev/null
+    $d docker run -d --name sink --network "bnet$$" -p 127.0.0.1:0:5001 busybox sleep 3600 >/dev/null
+    $d docker run -d --name src --network "bnet$$" busybox sleep 3600 >/dev/null
 }
-echo "== throughput ($mib MiB)" >&2
+teardown() { # engine
+    local d="env DOCKER_HOST=unix://$(sock_of "$1")"
+    $d docker rm -f sink src >/dev/null
+    $d docker network rm "bnet$$" >/dev/null
+}
+# busybox nc ends a connection when its stdin ends: each listener gets one
+# that never does, and counts what its one connection brought.
+listen() { # engine port round
+    env DOCKER_HOST=unix://"$(sock_of "$1")" docker exec -d sink \
+        sh -c "sleep 3600 | nc -l -p $2 | wc -c >/tmp/r$2.$3"
+    sleep 0.5 # let nc listen (a benchmark, not a test)
+}
+received() { # engine port round -> bytes, waiting for the count
+    for _ in $(seq 100); do
+        local n
+        n=$(env DOCKER_HOST=unix://"$(sock_of "$1")" docker exec sink sh -c "cat /tmp/r$2.$3 2>/dev/null")
+        [ -n "$n" ] && { echo "$n"; return; }
+        sleep 0.1
+    done
+    echo 0
+}
+rate() { # t0 t1 bytes -> MiB/s, or "incomplete"
+    if [ "$3" = $((mib * 1024 * 1024)) ]; then
+        echo "$mib / ($2 - $1)" | bc -l | cut -c1-7
+    else
+        echo incomplete
+    fi
+}
+median() { tr ' ' '\n' | grep -v incomplete | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "incomplete"}'; }
+declare -A c2c pub
+for e in "${engines[@]}"; do setup "$e"; done
+echo "== throughput ($mib MiB, $rounds rounds, engines in turn)" >&2
+for r in $(seq "$rounds"); do
+    for e in "${engines[@]}"; do
+        d="env DOCKER_HOST=unix://$(sock_of "$e")"
+        port=$($d docker port sink 5001/tcp | head -1 | awk -F: '{print $NF}')
+        listen "$e" 5000 "$r"
+        t0=$(date +%s.%N)
+        $d docker exec src sh -c "dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc sink 5000"
+        t1=$(date +%s.%N)
+        c2c[$e]+="$(rate "$t0" "$t1" "$(received "$e" 5000 "$r")") "
+        listen "$e" 5001 "$r"
+        t0=$(date +%s.%N)
+        dd if=/dev/zero bs=1M count=$mib 2>/dev/null >/dev/tcp/127.0.0.1/"$port"
+        t1=$(date +%s.%N)
+        pub[$e]+="$(rate "$t0" "$t1" "$(received "$e" 5001 "$r")") "
+    done
+done
+for e in "${engines[@]}"; do teardown "$e"; done
 {
-    throughput vessel "$work/vd.sock"
-    skipped docker || throughput docker "$work/dd.sock"
+    for e in "${engines[@]}"; do
+        echo "$e container-to-container: median $(echo "${c2c[$e]}" | median) MiB/s (rounds: ${c2c[$e]% })"
+        echo "$e host->127.0.0.1 published: median $(echo "${pub[$e]}" | median) MiB/s (rounds: ${pub[$e]% })"
+    done
 } | tee "$results/throughput.txt"

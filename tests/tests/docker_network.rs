@@ -540,6 +540,9 @@ fn ipv6_ip_ranges_static_addresses_and_hairpin() {
         3,
         "by v6 address, by v4 gateway and by v6 gateway: {out}"
     );
+    // The server reaches its own published port through the gateway too.
+    let own = d.ok(&["exec", "v6a", "sh", "-c", &get(&format!("{v4}.1"), &port)]);
+    assert!(own.ends_with(&format!("{id12}\n")), "{own}");
     // From the host: IPv4 loopback (DNAT) and IPv6 loopback (the relay).
     let port: u16 = port.parse().unwrap();
     assert_eq!(http_get(port, "/hostname").trim(), id12);

@@ -13,7 +13,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::{Error, Result};
 
@@ -223,6 +223,20 @@ impl Netlink {
             .await
             .map_err(nl(format!("create veth pair {host}")))?;
         drop(ns);
+        // Hairpin: where br_netfilter is loaded, a container's packet to a
+        // published port of its own through a host address is DNATed at
+        // the bridge and bridged straight back out of the port it came in
+        // on, which a bridge only does with hairpin mode on.
+        let port = LinkBridgePort::new(0)
+            .name(host.to_string())
+            .hairpin(true)
+            .build();
+        self.handle
+            .link()
+            .set_port(port)
+            .execute()
+            .await
+            .map_err(nl(format!("set hairpin mode on {host}")))?;
         Ok(())
     }
 

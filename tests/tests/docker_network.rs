@@ -574,6 +574,26 @@ fn ipv6_ip_ranges_static_addresses_and_hairpin() {
     ]);
     assert!(out.contains(&format!("{v4}.200/24")), "{out}");
     assert!(out.contains(&format!("{v6}::beef/64")), "{out}");
+    // network connect with fixed addresses adds eth1 with them.
+    d.ok(&["run", "-d", "--name", "v6c", "busybox", "sleep", "600"]);
+    d.ok(&[
+        "network",
+        "connect",
+        "--ip",
+        &format!("{v4}.201"),
+        "--ip6",
+        &format!("{v6}::c"),
+        &net,
+        "v6c",
+    ]);
+    let out = d.ok(&["exec", "v6c", "ip", "-o", "addr", "show", "eth1"]);
+    assert!(out.contains(&format!("{v4}.201/24")), "{out}");
+    assert!(out.contains(&format!("{v6}::c/64")), "{out}");
+    let c = json(&d.ok(&["inspect", "v6c"]));
+    let cep = &c[0]["NetworkSettings"]["Networks"][&net];
+    assert_eq!(cep["IPAMConfig"]["IPv4Address"], format!("{v4}.201"));
+    assert_eq!(cep["GlobalIPv6Address"], format!("{v6}::c"));
+    d.ok(&["rm", "-f", "v6c"]);
     let refused = |args: &[&str], want: &str| {
         let mut all = vec!["run", "--rm"];
         all.extend_from_slice(args);

@@ -25,7 +25,17 @@ macro_rules! need {
 
 /// GET `path` from 127.0.0.1:`port` and return the body.
 fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http_get_from("127.0.0.1", port, path)
+}
+
+/// Whether the host has an IPv6 loopback address.
+fn have_ipv6_loopback() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// GET `path` from `host`:`port` and return the body.
+fn http_get_from(host: &str, port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect((host, port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
@@ -311,6 +321,47 @@ fn daemon_restart_keeps_published_ports_without_duplicate_rules() {
     let port = published_port(&d, "srv");
     let id12 = d.ok(&["inspect", "-f", "{{.Id}}", "srv"])[..12].to_string();
     assert_eq!(http_get(port, "/hostname").trim(), id12);
+    // And one on an IPv6 network (subnet chosen by the daemon) with a port
+    // on every address, so it has a relay on [::1].
+    let net6 = vessel_testkit::unique_name("r6");
+    d.ok(&["network", "create", "--ipv6", &net6]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv6",
+        "--network",
+        &net6,
+        "-p",
+        "80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    let port6: u16 = d
+        .ok(&["port", "srv6", "80/tcp"])
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let id6 = d.ok(&["inspect", "-f", "{{.Id}}", "srv6"])[..12].to_string();
+    let addr6 = |d: &Daemon| {
+        json(&d.ok(&["inspect", "srv6"]))[0]["NetworkSettings"]["GlobalIPv6Address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ip6 = addr6(&d);
+    assert!(ip6.starts_with("fd"), "a unique-local address: {ip6}");
     d.stop();
     // The container and its forwarding outlive the daemon.
     assert_eq!(http_get(port, "/hostname").trim(), id12);
@@ -323,6 +374,24 @@ fn daemon_restart_keeps_published_ports_without_duplicate_rules() {
         "{rules}"
     );
     assert_eq!(published_port(&d, "srv"), port);
+    // The v6 container keeps its address and the relay on [::1] is back.
+    assert_eq!(addr6(&d), ip6);
+    if have_ipv6_loopback() {
+        assert_eq!(http_get_from("::1", port6, "/hostname").trim(), id6);
+    }
+    let got = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net6,
+        "busybox",
+        "sh",
+        "-c",
+        &format!("printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {ip6} 80"),
+    ]);
+    assert!(got.ends_with(&format!("{id6}\n")), "{got}");
+    d.ok(&["rm", "-f", "srv6"]);
+    d.ok(&["network", "rm", &net6]);
     // A second container still gets its own address after the restart.
     let ip = d.ok(&[
         "run",
@@ -546,14 +615,8 @@ fn ipv6_ip_ranges_static_addresses_and_hairpin() {
     // From the host: IPv4 loopback (DNAT) and IPv6 loopback (the relay).
     let port: u16 = port.parse().unwrap();
     assert_eq!(http_get(port, "/hostname").trim(), id12);
-    if std::net::TcpListener::bind("[::1]:0").is_ok() {
-        let mut s = TcpStream::connect(("::1", port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        write!(s, "GET /hostname HTTP/1.0\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        assert!(body.ends_with(&format!("{id12}\n")), "{body}");
+    if have_ipv6_loopback() {
+        assert_eq!(http_get_from("::1", port, "/hostname").trim(), id12);
     }
 
     // Static addresses: anywhere in the subnet, not only in the range;

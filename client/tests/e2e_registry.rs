@@ -27,11 +27,6 @@ impl Drop for Registry {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 fn start_registry(user: &str, password: &str) -> Registry {
     let root = TempRoot::new("cli-registry");
     let hash = Command::new("python3")
@@ -45,11 +40,13 @@ fn start_registry(user: &str, password: &str) -> Registry {
     let hash = String::from_utf8(hash.stdout).expect("utf-8 hash");
     std::fs::write(root.join("htpasswd"), format!("{user}:{}\n", hash.trim()))
         .expect("write htpasswd");
-    let addr = format!("127.0.0.1:{}", free_port());
+    // Port 0: distribution logs the address it bound ("listening on
+    // 127.0.0.1:N"), read below. A port picked free here and bound by the
+    // registry later could be taken by another test in between.
     std::fs::write(
         root.join("config.yml"),
         format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: vessel-test\n    path: {}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  htpasswd:\n    realm: vessel-test\n    path: {}\n",
             root.join("data").display(),
             root.join("htpasswd").display()
         ),
@@ -65,16 +62,17 @@ fn start_registry(user: &str, password: &str) -> Registry {
     // Wait for its "listening on" line instead of polling the port.
     let mut lines = BufReader::new(child.stderr.take().expect("piped stderr"));
     let mut line = String::new();
-    loop {
+    let addr = loop {
         line.clear();
         assert!(
             lines.read_line(&mut line).expect("read registry log") > 0,
             "docker-registry exited early"
         );
-        if line.contains("listening on") {
-            break;
+        if let Some(rest) = line.split("msg=\"listening on ").nth(1) {
+            break rest.split('"').next().unwrap_or_default().to_string();
         }
-    }
+    };
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
     std::thread::spawn(move || {
         let mut sink = Vec::new();
         let _ = std::io::copy(&mut lines, &mut sink);

@@ -71,22 +71,15 @@ fn make_pki() -> Pki {
     Pki { dir }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 #[test]
 fn tls_with_client_certificates() {
     let pki = make_pki();
     let p = |n: &str| pki.dir.join(n).display().to_string();
-    let addr = format!("tcp://127.0.0.1:{}", free_port());
+    // Port 0, and the address dockerd reports binding: a port picked free
+    // here and bound by dockerd later could be taken in between.
     let extra = vec![
         "-H".to_string(),
-        addr.clone(),
+        "tcp://127.0.0.1:0".to_string(),
         "--tlsverify".to_string(),
         format!("--tlscacert={}", p("ca.pem")),
         format!("--tlscert={}", p("server.pem")),
@@ -95,6 +88,12 @@ fn tls_with_client_certificates() {
     let Some(d) = common::private_dockerd("tls_with_client_certificates", &extra) else {
         return;
     };
+    let addr = d
+        .listening
+        .iter()
+        .find(|a| a.starts_with("127.0.0.1:"))
+        .map(|a| format!("tcp://{a}"))
+        .unwrap_or_else(|| panic!("no TCP address in {:?}", d.listening));
     let version = |args: &[&str]| {
         vessel_cmd(&d, args)
             .env_remove("DOCKER_HOST")

@@ -29,7 +29,9 @@ pub struct Options {
     pub shim_binary: Option<PathBuf>,
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// Serve an embedded registry on this address (storage under ROOT/registry).
+    /// Serve an embedded registry on this address (storage under ROOT/registry);
+    /// port 0 picks a free port, and the log line "embedded registry
+    /// listening" gives the address bound.
     pub registry: Option<std::net::SocketAddr>,
     /// Prefix of host-global network names (nftables table, bridges);
     /// derived from the root when absent.

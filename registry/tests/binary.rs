@@ -10,13 +10,12 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use common::{Http, Proc, free_port, registry_bin, wait_listening};
+use common::{Http, registry_bin, spawn_vessel_registry, wait_listening};
 use vessel_testkit::TempRoot;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_flags_and_sigterm() {
     let tmp = TempRoot::new("bin-config");
-    let port = free_port();
     let mut child = Command::new(registry_bin())
         .args(["htpasswd", "dave", "--cost", "4"])
         .stdin(Stdio::piped())
@@ -36,15 +35,11 @@ async fn config_file_flags_and_sigterm() {
         ),
     )
     .unwrap();
-    // The flag overrides the file's address.
-    let addr = format!("127.0.0.1:{port}");
-    let mut p = Proc::spawn(
-        "vessel-registry",
-        Command::new(registry_bin())
-            .arg("--config")
-            .arg(tmp.join("registry.toml"))
-            .args(["--addr", &addr, "--log", "error"]),
-    );
+    // The flag overrides the file's address (port 0: the registry reports
+    // the one it bound).
+    let cfg = tmp.join("registry.toml");
+    let (mut p, addr) = spawn_vessel_registry(&["--config", cfg.to_str().unwrap()], "error");
+    assert!(!addr.ends_with(":1"), "{addr}");
     wait_listening(&addr, &mut p).await;
     let http = Http::new(&format!("http://{addr}"));
     assert_eq!(http.get("/v2/").await.status, 401);

@@ -12,7 +12,10 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use common::{Http, Proc, TestImage, TestRegistry, free_port, make_index, wait_listening};
+use common::{
+    Http, Proc, TestImage, TestRegistry, distribution_listening, make_index, spawn_listening,
+    wait_listening,
+};
 use vessel_registry::Digest;
 use vessel_registry::client::{
     BlobSink, Client, ClientConfig, CredentialStore, FsStore, PlatformSpec, ProgressEvent,
@@ -280,27 +283,27 @@ async fn downloads_resume_and_verify() {
     reg.stop().await;
 }
 
+/// Debian's distribution on 127.0.0.1:0, its address read from its log:
+/// the log level must stay at info for the "listening on" line.
 fn start_distribution(tmp: &TempRoot) -> (Proc, String) {
-    let port = free_port();
     let cfg = tmp.join("config.yml");
     std::fs::write(
         &cfg,
         format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
             tmp.join("storage").display()
         ),
     )
     .unwrap();
-    let p = Proc::spawn(
+    spawn_listening(
         "docker-registry",
         Command::new("docker-registry")
             .arg("serve")
             .arg(&cfg)
             .env_remove("REGISTRY_AUTH_FILE")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
-    (p, format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null()),
+        distribution_listening,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,14 +10,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::{
-    Http, Proc, TestImage, TestRegistry, free_port, random_bytes, registry_bin, wait_listening,
+    Http, TestImage, TestRegistry, random_bytes, registry_bin, spawn_vessel_registry,
+    wait_listening,
 };
 use tokio::io::AsyncWriteExt as _;
 use vessel_registry::Digest;
@@ -169,16 +170,7 @@ async fn kill_9_during_pushes_keeps_manifests_consistent() {
 async fn kill_9_round(kill_after: usize) {
     let tmp = TempRoot::new("fault-kill");
     let storage = tmp.join("storage");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut proc_ = Proc::spawn(
-        "vessel-registry",
-        Command::new(registry_bin())
-            .args(["--addr", &addr, "--root"])
-            .arg(&storage)
-            .args(["--log", "error"])
-            .stdout(Stdio::null()),
-    );
+    let (mut proc_, addr) = spawn_vessel_registry(&["--root", storage.to_str().unwrap()], "error");
     wait_listening(&addr, &mut proc_).await;
     let http = Http::new(&format!("http://{addr}"));
 

@@ -33,6 +33,9 @@ pub struct Daemon {
     /// dockerd always makes /run/docker/plugins; remove it after if it
     /// was not there before.
     made_run_docker: bool,
+    /// Addresses a private dockerd reported in "API listen on ADDR", one
+    /// per `-H`: the bound address, so `tcp://127.0.0.1:0` works.
+    pub listening: Vec<String>,
 }
 
 impl Daemon {
@@ -120,6 +123,7 @@ pub fn daemon(test: &str) -> Option<Daemon> {
             root: None,
             cgroup_parent: None,
             made_run_docker: false,
+            listening: Vec::new(),
         });
     }
     if std::env::var("VESSEL_CLI_TEST_DOCKERD").as_deref() != Ok("1") {
@@ -232,6 +236,9 @@ fn start_dockerd(extra: &[String]) -> Daemon {
     let mut lines = BufReader::new(stderr);
     let mut log = std::fs::File::create(root.join("dockerd.log")).expect("create dockerd.log");
     let mut line = String::new();
+    // One "API listen on" per -H (ours plus the caller's).
+    let hosts = 1 + extra.iter().filter(|a| a.as_str() == "-H").count();
+    let mut listening = Vec::new();
     loop {
         line.clear();
         let n = lines.read_line(&mut line).expect("read dockerd log");
@@ -243,8 +250,12 @@ fn start_dockerd(extra: &[String]) -> Daemon {
             );
         }
         let _ = log.write_all(line.as_bytes());
-        if line.contains("API listen on") {
-            break;
+        if let Some(rest) = line.split("API listen on ").nth(1) {
+            let addr = rest.trim_end().trim_end_matches('"');
+            listening.push(addr.to_string());
+            if listening.len() == hosts {
+                break;
+            }
         }
     }
     // Keep draining the log so dockerd never blocks on a full pipe.
@@ -264,6 +275,7 @@ fn start_dockerd(extra: &[String]) -> Daemon {
         root: Some(root),
         cgroup_parent: Some(cgroup_parent),
         made_run_docker,
+        listening,
     }
 }
 
@@ -520,6 +532,7 @@ fn start_vesseld() -> Daemon {
         root: Some(root),
         cgroup_parent: None,
         made_run_docker: false,
+        listening: Vec::new(),
     };
     // The socket answers once the daemon is ready.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

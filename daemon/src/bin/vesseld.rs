@@ -1,5 +1,6 @@
 //! `vesseld`: Vessel's daemon, serving the Docker Engine API.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -75,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -409,13 +409,64 @@ impl Drop for Proc {
     }
 }
 
-/// A loopback port that is free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Spawn `cmd` (which binds port 0) with stderr piped, read its log until
+/// `find` yields the address it listens on, and drain the rest on a thread
+/// so the child never blocks on a full pipe. Asking the process for its
+/// address closes the race of picking a free port here and binding it
+/// there later, when another test may take it in between.
+pub fn spawn_listening(
+    name: &str,
+    cmd: &mut Command,
+    find: impl Fn(&str) -> Option<String>,
+) -> (Proc, String) {
+    use std::io::BufRead as _;
+    let mut p = Proc::spawn(name, cmd.stderr(Stdio::piped()));
+    let stderr = p.child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            p.kill();
+            panic!("{name} exited before it listened:\n{}", seen.join("\n"));
+        };
+        if let Some(a) = find(&line) {
+            break a;
+        }
+        seen.push(line);
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (p, addr)
+}
+
+/// The address in `vessel-registry --log-json`'s "registry listening".
+pub fn vessel_registry_listening(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["fields"]["message"] != "registry listening" {
+        return None;
+    }
+    v["fields"]["addr"].as_str().map(String::from)
+}
+
+/// Start `vessel-registry serve`-style `args` on 127.0.0.1:0 (the caller
+/// passes no `--addr`); returns the process and its address. The log
+/// level keeps the listening line whatever `level` says otherwise.
+pub fn spawn_vessel_registry(args: &[&str], level: &str) -> (Proc, String) {
+    spawn_listening(
+        "vessel-registry",
+        Command::new(registry_bin())
+            .args(args)
+            .args(["--addr", "127.0.0.1:0", "--log-json", "--log"])
+            .arg(format!("{level},vessel_registry::server=info"))
+            .stdout(Stdio::null()),
+        vessel_registry_listening,
+    )
+}
+
+/// The address in distribution's `msg="listening on ADDR"` (2.8 logs the
+/// bound address, so port 0 in its config works).
+pub fn distribution_listening(line: &str) -> Option<String> {
+    let rest = &line[line.find("msg=\"listening on ")? + "msg=\"listening on ".len()..];
+    Some(rest[..rest.find('"')?].to_string())
 }
 
 /// Wait until `addr` accepts TCP connections (polling a real readiness

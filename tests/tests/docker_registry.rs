@@ -23,24 +23,16 @@ macro_rules! need {
     };
 }
 
-/// A `vessel-registry` on a free loopback port with a temporary root.
+/// A `vessel-registry` on a free port with a temporary root.
 struct Registry {
     _tmp: TempRoot,
     child: Child,
-    port: u16,
+    addr: std::net::SocketAddr,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16, child: &mut Child) {
+fn wait_port(addr: std::net::SocketAddr, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "registry did not come up");
         assert!(child.try_wait().unwrap().is_none(), "registry exited");
         std::thread::sleep(Duration::from_millis(10));
@@ -49,12 +41,20 @@ fn wait_port(port: u16, child: &mut Child) {
 
 impl Registry {
     fn start(name: &str, htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_on(name, "127.0.0.1", htpasswd, &[])
+    }
+
+    /// On `ip` (port 0), with extra `vessel-registry` flags.
+    fn start_on(name: &str, ip: &str, htpasswd: Option<(&str, &str)>, extra: &[&str]) -> Registry {
         let tmp = TempRoot::new(name);
         // Port 0, and the address from the registry's own log: a port
         // picked here and bound later could be taken by another test's
         // registry in between, and this test would talk to that one.
         let mut cmd = Command::new(vessel_testkit::cargo_bin("vessel-registry"));
-        cmd.args(["--addr", "127.0.0.1:0", "--log-json"])
+        cmd.arg("--addr")
+            .arg(format!("{ip}:0"))
+            .arg("--log-json")
+            .args(extra)
             .arg("--root")
             .arg(tmp.join("storage"))
             .stdin(Stdio::null())
@@ -75,7 +75,7 @@ impl Registry {
         }
         let mut child = cmd.spawn().unwrap();
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = loop {
+        let addr = loop {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
                 panic!("registry exited before it listened");
@@ -86,21 +86,21 @@ impl Registry {
                     .as_str()
                     .and_then(|a| a.parse().ok())
                     .unwrap_or_else(|| panic!("no address in {line}"));
-                break addr.port();
+                break addr;
             }
         };
         // Keep reading so the registry never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        wait_port(port, &mut child);
+        wait_port(addr, &mut child);
         Registry {
             _tmp: tmp,
             child,
-            port,
+            addr,
         }
     }
 
     fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr.to_string()
     }
 }
 
@@ -536,7 +536,7 @@ fn interrupted_pull_leaves_a_consistent_store_and_resumes() {
     d.ok(&["push", &direct]);
     d.ok(&["rmi", &direct, "busybox"]);
 
-    let proxy = Proxy::start(reg.port);
+    let proxy = Proxy::start(reg.addr.port());
     let via = format!("127.0.0.1:{}/x/cut:1", proxy.port);
     let out = d.run(&["pull", &via]);
     assert!(!out.status.success(), "{}", text(&out));
@@ -554,9 +554,23 @@ fn interrupted_pull_leaves_a_consistent_store_and_resumes() {
 #[test]
 fn embedded_registry_serves_push_and_pull() {
     need!();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start_with("reg-embedded", &["--registry", &addr]);
+    // Port 0: the daemon logs the address it bound before it serves its
+    // API socket, so the line is there once the daemon is up.
+    let d = Daemon::start_with("reg-embedded", &["--registry", "127.0.0.1:0"]);
+    let log = d.log();
+    let addr = log
+        .lines()
+        .find_map(|l| {
+            l.contains("embedded registry listening")
+                .then(|| l.split("addr=").nth(1))
+                .flatten()
+        })
+        .map(|a| a.split_whitespace().next().unwrap_or(a).to_string())
+        .unwrap_or_else(|| panic!("no embedded registry address in the log:\n{log}"));
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
     d.load_busybox();
     let id = image_id(&d, "busybox");
     let name = format!("{addr}/self/busybox:1");
@@ -568,4 +582,263 @@ fn embedded_registry_serves_push_and_pull() {
     let out = d.ok(&["pull", &name]);
     assert!(out.contains("Downloaded newer image"), "{out}");
     assert_eq!(image_id(&d, &name), id);
+}
+
+/// `curl -i` PUT of a manifest; returns the `Docker-Content-Digest`.
+fn put_manifest(url: &str, media_type: &str, body: &str) -> String {
+    let out = curl(&[
+        "-f",
+        "-i",
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {media_type}"),
+        "--data-binary",
+        body,
+        url,
+    ]);
+    out.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest in {out}"))
+}
+
+/// Import a one-file image as `name`.
+fn import_one_file(d: &Daemon, name: &str) {
+    let t = TempRoot::new("reg-onefile");
+    std::fs::create_dir_all(t.join("root/etc")).unwrap();
+    std::fs::write(t.join("root/etc/other"), b"other\n").unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(t.join("root"))
+        .arg("-cf")
+        .arg(t.join("other.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d.ok(&["import", t.join("other.tar").to_str().unwrap(), name]);
+}
+
+#[test]
+fn multi_platform_index_is_kept_and_pushed_back() {
+    need!();
+    let reg = Registry::start("reg-index", None);
+    let d = Daemon::start("reg-index-cli");
+    d.load_busybox();
+    let busybox_id = image_id(&d, "busybox");
+    let h = reg.host();
+
+    // A two-platform index in src/img: busybox as linux/amd64, a one-file
+    // image as linux/arm64/v8; neither stays in the daemon.
+    let arm = format!("{h}/src/img:arm");
+    import_one_file(&d, &arm);
+    let (arm_digest, arm_size) = pushed_digest(&d.ok(&["push", &arm]));
+    let amd = format!("{h}/src/img:amd");
+    d.ok(&["tag", "busybox", &amd]);
+    let (amd_digest, amd_size) = pushed_digest(&d.ok(&["push", &amd]));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+             "digest": arm_digest, "size": arm_size,
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+             "digest": amd_digest, "size": amd_size,
+             "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    })
+    .to_string();
+    let index_digest = put_manifest(
+        &format!("http://{h}/v2/src/img/manifests/multi"),
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    );
+    d.ok(&["rmi", &arm, &amd, "busybox"]);
+
+    // Pull by tag: RepoDigests names the index, as Docker shows it.
+    let multi = format!("{h}/src/img:multi");
+    let out = d.ok(&["pull", &multi]);
+    assert!(out.contains(&format!("Digest: {index_digest}")), "{out}");
+    assert_eq!(image_id(&d, &multi), busybox_id);
+    let inspect = json(&d.ok(&["image", "inspect", &multi]));
+    assert_eq!(
+        inspect[0]["RepoDigests"],
+        serde_json::json!([format!("{h}/src/img@{index_digest}")])
+    );
+    let listed = d.ok(&["images", "--digests", "--format", "{{.Digest}}", &multi]);
+    assert_eq!(listed.trim(), index_digest);
+
+    // Push to another repository: the arm64 manifest and its blobs are
+    // mounted from src/img, and the index arrives byte-exact.
+    let copy = format!("{h}/dst/img:copy");
+    d.ok(&["tag", &multi, &copy]);
+    let out = d.ok(&["push", &copy]);
+    assert_eq!(pushed_digest(&out).0, index_digest, "{out}");
+    assert!(out.contains("Mounted from src/img"), "{out}");
+    assert!(out.contains("linux/arm64/v8: manifest"), "{out}");
+    let got = curl(&[
+        "-f",
+        "-H",
+        "Accept: application/vnd.oci.image.index.v1+json",
+        &format!("http://{h}/v2/dst/img/manifests/copy"),
+    ]);
+    assert_eq!(got, index);
+    curl(&[
+        "-f",
+        "-I",
+        "-H",
+        "Accept: application/vnd.docker.distribution.manifest.v2+json",
+        &format!("http://{h}/v2/dst/img/manifests/{arm_digest}"),
+    ]);
+    let inspect = json(&d.ok(&["image", "inspect", &copy]));
+    let rd = inspect[0]["RepoDigests"].to_string();
+    assert!(rd.contains(&format!("{h}/dst/img@{index_digest}")), "{rd}");
+
+    // The arm64 manifest gone from both repositories: a push elsewhere
+    // cannot complete the index, so the platform manifest goes alone and
+    // the progress stream says why.
+    for repo in ["src/img", "dst/img"] {
+        curl(&[
+            "-f",
+            "-X",
+            "DELETE",
+            &format!("http://{h}/v2/{repo}/manifests/{arm_digest}"),
+        ]);
+    }
+    let lone = format!("{h}/lone/img:1");
+    d.ok(&["tag", &multi, &lone]);
+    let out = d.ok(&["push", &lone]);
+    assert!(
+        out.contains(&format!("not pushing index {index_digest}")),
+        "{out}"
+    );
+    assert!(out.contains("linux/arm64/v8 is missing"), "{out}");
+    assert_eq!(pushed_digest(&out).0, amd_digest, "{out}");
+
+    // save and load still carry the image.
+    let tar = d.tmp.join("multi.tar");
+    d.ok(&["save", "-o", tar.to_str().unwrap(), &multi]);
+    d.ok(&["rmi", &multi, &copy, &lone]);
+    d.ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert_eq!(image_id(&d, &multi), busybox_id);
+}
+
+/// A veth pair (the kernel here has no dummy links) whose one end holds an
+/// address from 198.18.0.0/15 (set aside for benchmarks, never routed): a
+/// non-loopback address that lives on this machine, so traffic to it stays
+/// here. Deleting one end on drop removes both.
+struct VethAddr {
+    link: String,
+    ip: String,
+}
+
+impl VethAddr {
+    fn new() -> VethAddr {
+        let pid = std::process::id();
+        let link = format!("vreg{:x}", pid & 0xff_ffff);
+        let peer = format!("{link}p");
+        let ip = format!("198.18.{}.{}", (pid >> 8) & 0xff, pid % 253 + 1);
+        let ip_cmd = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+        };
+        ip_cmd(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        let a = VethAddr { link, ip };
+        ip_cmd(&["addr", "add", &format!("{}/32", a.ip), "dev", &a.link]);
+        ip_cmd(&["link", "set", &a.link, "up"]);
+        ip_cmd(&["link", "set", &peer, "up"]);
+        a
+    }
+}
+
+impl Drop for VethAddr {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .status();
+    }
+}
+
+#[test]
+fn insecure_registry_on_a_non_loopback_address() {
+    need!();
+    vessel_testkit::require!(
+        vessel_testkit::have_command("ip") && vessel_testkit::have_command("openssl"),
+        "needs ip (iproute2) and openssl"
+    );
+    let veth = VethAddr::new();
+    let certs = TempRoot::new("reg-selfsigned");
+    let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=vessel-test", "-addext"])
+        .arg(format!("subjectAltName=IP:{}", veth.ip))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", text(&out));
+    let plain = Registry::start_on("reg-insecure-http", &veth.ip, None, &[]);
+    let tls = Registry::start_on(
+        "reg-insecure-tls",
+        &veth.ip,
+        None,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let strict = Registry::start_on("reg-strict-http", &veth.ip, None, &[]);
+    let d = Daemon::start_with(
+        "reg-insecure-cli",
+        &[
+            "--insecure-registry",
+            &plain.host(),
+            "--insecure-registry",
+            &tls.host(),
+        ],
+    );
+    d.load_busybox();
+    let busybox_id = image_id(&d, "busybox");
+
+    // Listed: plain HTTP (https is tried first and fails), and https with
+    // a certificate nobody here trusts.
+    for reg in [&plain, &tls] {
+        let name = format!("{}/x/bb:1", reg.host());
+        d.ok(&["tag", "busybox", &name]);
+        let out = d.ok(&["push", &name]);
+        assert!(out.contains("digest: sha256:"), "{out}");
+        d.ok(&["rmi", &name]);
+        let out = d.ok(&["pull", &name]);
+        assert!(out.contains("Downloaded newer image"), "{out}");
+        assert_eq!(image_id(&d, &name), busybox_id);
+    }
+
+    // Not listed: https only, and a plain HTTP registry is refused.
+    let name = format!("{}/x/bb:1", strict.host());
+    d.ok(&["tag", "busybox", &name]);
+    let out = d.run(&["push", &name]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("server gave HTTP response to HTTPS client"),
+        "{}",
+        text(&out)
+    );
+    let out = d.run(&["pull", &format!("{}/x/bb:1", strict.host())]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("server gave HTTP response to HTTPS client"),
+        "{}",
+        text(&out)
+    );
 }

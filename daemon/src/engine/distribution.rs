@@ -197,6 +197,7 @@ impl Translator {
                 self.send(progress_msg(&short(&digest), "Extracting", size, size));
             }
             Event::Extracted { digest } => self.send(status(&short(&digest), "Pull complete")),
+            Event::Notice(text) => self.send(json!({"status": text})),
             Event::Client(ev) => self.client_event(ev),
         }
     }

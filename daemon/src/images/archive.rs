@@ -437,6 +437,7 @@ impl ImageStore {
                     layers,
                     tags,
                     repo_digests: Vec::new(),
+                    index: None,
                 });
             }
             return self.record_images(lease, images, progress);
@@ -535,6 +536,7 @@ impl ImageStore {
                     .into_iter()
                     .filter(|r| r.tag().is_some())
                     .collect(),
+                index: None,
             });
         }
         Ok(images)
@@ -767,6 +769,7 @@ impl ImageStore {
             layers,
             tags,
             repo_digests: Vec::new(),
+            index: None,
         })
     }
 

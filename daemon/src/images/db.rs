@@ -63,6 +63,11 @@ pub struct ImageRecord {
     /// `name@digest` references of manifests this image was loaded from.
     #[serde(default)]
     pub repo_digests: Vec<String>,
+    /// Indexes (multi-platform) this image's manifest was pulled through,
+    /// stored byte-exact in the content store, the latest last. A push of
+    /// the image sends the index back when it can.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<Descriptor>,
 }
 
 /// An unpacked layer directory shared by every image with this chain.

@@ -80,6 +80,8 @@ pub enum Event {
     Extracted { digest: String },
     /// The layers a push will send, in order.
     Layers(Vec<String>),
+    /// Something the user should read in the progress stream.
+    Notice(String),
 }
 
 /// The blob an event is about, if any.
@@ -494,6 +496,22 @@ impl ImageStore {
             layers.push(PendingLayer { blob, unpacked: u });
         }
         let named = from_reg_digest(&pulled.digest)?;
+        // The index the platform was chosen from, byte-exact under the
+        // digest the reference resolved to, so a push can send it back.
+        let index = match &pulled.index {
+            Some((ibytes, itype)) => {
+                let (idigest, isize) = self.ingest(lease, &ibytes[..], Some(&named), None)?;
+                Some(Descriptor {
+                    media_type: itype.clone(),
+                    digest: idigest,
+                    size: isize,
+                    urls: None,
+                    annotations: None,
+                    platform: None,
+                })
+            }
+            None => None,
+        };
         let image = PendingImage {
             manifest: Descriptor {
                 media_type: mtype.clone(),
@@ -512,6 +530,7 @@ impl ImageStore {
                 .into_iter()
                 .collect(),
             repo_digests: vec![format!("{}@{named}", local.name())],
+            index,
         };
         let ids = self.record_images(lease, vec![image], &mut |_| {})?;
         let id = ids.into_iter().next().expect("one image was recorded");
@@ -631,7 +650,61 @@ impl ImageStore {
         }
     }
 
-    /// Push the image `local` (a name with tag) to `target`.
+    /// The manifest push of an image record: its manifest bytes and blobs.
+    fn push_image_of(&self, rec: &ImageRecord) -> Result<PushImage> {
+        let mbytes = self.content().read_blob(&rec.manifest.digest, JSON_LIMIT)?;
+        let mut blobs = vec![convert(&rec.config)?];
+        for l in &rec.layers {
+            blobs.push(convert(&l.blob)?);
+        }
+        Ok(PushImage::Image {
+            manifest: Bytes::from(mbytes),
+            media_type: rec.manifest.media_type.clone(),
+            blobs,
+        })
+    }
+
+    /// The index to push with `rec` when pushed as `local`: the one `local`
+    /// was pulled through if any, else the latest; only one that still
+    /// names the image's manifest (compressing layers for a push makes a
+    /// new manifest no index names). Bytes, media type and entries.
+    fn index_for_push(
+        &self,
+        rec: &ImageRecord,
+        local: &str,
+    ) -> Result<Option<(Bytes, String, Vec<Descriptor>)>> {
+        let name = Reference::parse(local).map(|r| r.name().to_string()).ok();
+        let chosen = rec
+            .indexes
+            .iter()
+            .rev()
+            .find(|ix| {
+                name.as_ref()
+                    .is_some_and(|n| rec.repo_digests.contains(&format!("{n}@{}", ix.digest)))
+            })
+            .or_else(|| rec.indexes.last());
+        let Some(ix) = chosen else { return Ok(None) };
+        if !self.content().contains(&ix.digest) {
+            tracing::warn!(index = %ix.digest, "index of the image is missing from the store; pushing the manifest alone");
+            return Ok(None);
+        }
+        let bytes = self.content().read_blob(&ix.digest, JSON_LIMIT)?;
+        let entries = match manifest::parse(&bytes, Some(&ix.media_type)) {
+            Ok(manifest::Parsed::Index(i)) => i.manifests,
+            _ => return Ok(None),
+        };
+        if !entries.iter().any(|e| e.digest == rec.manifest.digest) {
+            return Ok(None);
+        }
+        Ok(Some((Bytes::from(bytes), ix.media_type.clone(), entries)))
+    }
+
+    /// Push the image `local` (a name with tag) to `target`. An image
+    /// pulled through an index is pushed with that index, byte-exact, when
+    /// every manifest it names can be made present in the target: held
+    /// here, already there, or copied from the repository it was pulled
+    /// from (mounted on the same registry). Otherwise only the image's own
+    /// manifest goes under the tag, and a progress message says so.
     pub fn push(
         &self,
         rt: &tokio::runtime::Handle,
@@ -659,17 +732,8 @@ impl ImageStore {
                 }
                 progress(e);
             };
-            let mbytes = self.content().read_blob(&rec.manifest.digest, JSON_LIMIT)?;
-            let mut blobs = vec![convert(&rec.config)?];
-            for l in &rec.layers {
-                blobs.push(convert(&l.blob)?);
-            }
-            let image = PushImage::Image {
-                manifest: Bytes::from(mbytes),
-                media_type: rec.manifest.media_type.clone(),
-                blobs,
-            };
-            let mounts = rec
+            let image = self.push_image_of(&rec)?;
+            let mounts: Vec<client::Reference> = rec
                 .repo_digests
                 .iter()
                 .filter_map(|s| client::Reference::parse(s).ok())
@@ -677,9 +741,21 @@ impl ImageStore {
                 .collect();
             let source = Source {
                 store: self,
-                mounts,
+                mounts: mounts.clone(),
             };
-            let pushed = rt.block_on(client.push(target, &image, &source, &Forward(&filter)))?;
+            let pushed = match self.index_for_push(&rec, local)? {
+                None => rt.block_on(client.push(target, &image, &source, &Forward(&filter)))?,
+                Some((bytes, media_type, entries)) => self.push_with_index(
+                    rt,
+                    client,
+                    target,
+                    &rec,
+                    image,
+                    (bytes, media_type, entries),
+                    &source,
+                    &filter,
+                )?,
+            };
             let rd = format!("{}@{}", local_reference(target)?.name(), pushed.digest);
             self.db.write(|tx| {
                 if let Some(mut cur) = tx.image(&rec.id)? {
@@ -695,4 +771,89 @@ impl ImageStore {
         self.discard(lease);
         res
     }
+
+    /// Push `image` and then `index` under the target's tag, or `image`
+    /// alone when some platform the index names cannot be made present.
+    #[allow(clippy::too_many_arguments)]
+    fn push_with_index(
+        &self,
+        rt: &tokio::runtime::Handle,
+        client: &Client,
+        target: &client::Reference,
+        rec: &ImageRecord,
+        image: PushImage,
+        (bytes, media_type, entries): (Bytes, String, Vec<Descriptor>),
+        source: &Source<'_>,
+        progress: &(dyn Fn(Event) + Sync),
+    ) -> Result<PushResult> {
+        let fwd = Forward(progress);
+        let mut children = vec![image.clone()];
+        let mut missing = Vec::new();
+        let index_digest = Digest::sha256_of(&bytes);
+        for e in entries.iter().filter(|e| e.digest != rec.manifest.digest) {
+            let what = entry_name(e);
+            // Another platform of the same index held here.
+            let held = self.db.read(|rx| {
+                Ok::<_, super::Error>(
+                    rx.images()?
+                        .into_iter()
+                        .find(|i| i.manifest.digest == e.digest),
+                )
+            })?;
+            if let Some(other) = held {
+                children.push(self.push_image_of(&other)?);
+                continue;
+            }
+            let d = to_reg_digest(&e.digest)?;
+            if rt.block_on(client.manifest_exists(target, &d))? {
+                tracing::debug!(manifest = %e.digest, "already in the target repository");
+                continue;
+            }
+            let mut copied = false;
+            for from in &source.mounts {
+                match rt.block_on(client.copy_manifest(from, target, &d, &fwd)) {
+                    Ok(_) => {
+                        progress(Event::Notice(format!(
+                            "{what}: manifest {} copied from {}",
+                            e.digest.short(),
+                            from.repository
+                        )));
+                        copied = true;
+                        break;
+                    }
+                    Err(client::Error::NotFound(_)) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            if !copied {
+                missing.push(what);
+            }
+        }
+        if missing.is_empty() {
+            let index = PushImage::Index {
+                manifest: bytes,
+                media_type,
+                children,
+            };
+            return Ok(rt.block_on(client.push(target, &index, source, &fwd))?);
+        }
+        let tag = target.tag.as_deref().unwrap_or("latest");
+        progress(Event::Notice(format!(
+            "not pushing index {index_digest}: this daemon holds only {} of it, and {} is missing here and in {}; pushing the platform manifest alone as {tag}",
+            entries
+                .iter()
+                .find(|e| e.digest == rec.manifest.digest)
+                .map_or_else(|| rec.manifest.digest.short(), entry_name),
+            missing.join(", "),
+            target.repository,
+        )));
+        Ok(rt.block_on(client.push(target, &image, source, &fwd))?)
+    }
+}
+
+/// An index entry as people name it: its platform, else its digest.
+fn entry_name(e: &Descriptor) -> String {
+    e.platform
+        .as_ref()
+        .map_or_else(|| e.digest.short(), ToString::to_string)
 }

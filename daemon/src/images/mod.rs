@@ -387,6 +387,8 @@ pub(crate) struct PendingImage {
     pub layers: Vec<PendingLayer>,
     pub tags: Vec<Reference>,
     pub repo_digests: Vec<String>,
+    /// The index the manifest was chosen from (a multi-platform pull).
+    pub index: Option<Descriptor>,
 }
 
 /// A record of an operation in progress (a lease in the database). Dropping
@@ -682,6 +684,7 @@ impl ImageStore {
                     added: now_secs(),
                     size,
                     repo_digests: img.repo_digests,
+                    indexes: img.index.into_iter().collect(),
                 },
                 tags: img.tags,
                 temps,
@@ -741,11 +744,16 @@ impl ImageStore {
                     }
                     tx.put_image(&p.record)?;
                 } else if let Some(mut old) = exists {
-                    // Same image again: keep it, merge repo digests.
+                    // Same image again: keep it, merge repo digests and
+                    // indexes (a repeated index moves to the end: latest).
                     for d in &p.record.repo_digests {
                         if !old.repo_digests.contains(d) {
                             old.repo_digests.push(d.clone());
                         }
+                    }
+                    for ix in &p.record.indexes {
+                        old.indexes.retain(|o| o.digest != ix.digest);
+                        old.indexes.push(ix.clone());
                     }
                     tx.put_image(&old)?;
                 }
@@ -835,6 +843,7 @@ impl ImageStore {
             for img in rx.images()? {
                 blobs.insert(img.manifest.digest.clone());
                 blobs.insert(img.config.digest.clone());
+                blobs.extend(img.indexes.iter().map(|i| i.digest.clone()));
                 for l in &img.layers {
                     blobs.insert(l.blob.digest.clone());
                     *chains.entry(l.chain_id.clone()).or_insert(0) += 1;
@@ -1209,6 +1218,7 @@ impl ImageStore {
         for img in &images {
             let mut want = vec![img.manifest.digest.clone(), img.config.digest.clone()];
             want.extend(img.layers.iter().map(|l| l.blob.digest.clone()));
+            want.extend(img.indexes.iter().map(|i| i.digest.clone()));
             for b in want {
                 if !self.content.contains(&b) {
                     report.damage.push(Damage::MissingBlob {
@@ -1344,10 +1354,12 @@ fn delete_image_in(tx: &db::Tx<'_>, rec: &ImageRecord) -> Result<(Vec<Digest>, V
         still.insert(other.manifest.digest.clone());
         still.insert(other.config.digest.clone());
         still.extend(other.layers.iter().map(|l| l.blob.digest.clone()));
+        still.extend(other.indexes.iter().map(|i| i.digest.clone()));
     }
     let mut blobs: Vec<Digest> = std::iter::once(rec.manifest.digest.clone())
         .chain(std::iter::once(rec.config.digest.clone()))
         .chain(rec.layers.iter().map(|l| l.blob.digest.clone()))
+        .chain(rec.indexes.iter().map(|i| i.digest.clone()))
         .filter(|d| !still.contains(d))
         .collect();
     blobs.sort();

@@ -1,5 +1,9 @@
 //! Push: blobs first (existence check, cross-repository mount, then upload
-//! streamed or chunked with a monolithic fallback), manifests last.
+//! streamed or chunked with a monolithic fallback), manifests last. Also
+//! the pieces a caller needs to push an index whose children it does not
+//! all hold: whether a manifest is in a repository already, and a copy of
+//! a manifest with its blobs from another repository (mounted where the
+//! registry allows, streamed through otherwise).
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -10,10 +14,10 @@ use tokio::sync::mpsc;
 use super::transport::{Body, headers, resolve_url};
 use super::{
     BlobSource, Client, Error, ProgressEvent, ProgressSink, PushImage, PushResult, Reference,
-    Result, push_scope, status_error,
+    Result, pull_scope, push_scope, status_error,
 };
 use crate::digest::Digest;
-use crate::oci::Descriptor;
+use crate::oci::{Descriptor, Manifest, ManifestKind};
 use crate::storage::ByteStream;
 
 const PROGRESS_STEP: u64 = 512 << 10;
@@ -29,7 +33,144 @@ enum Attempt {
     Fatal(Error),
 }
 
+/// Blobs of another repository (on this or another registry), for copying
+/// a manifest's blobs: mounted when the target shares the registry,
+/// otherwise streamed from a GET into the upload.
+struct RemoteSource<'a> {
+    client: &'a Client,
+    from: Reference,
+}
+
+#[async_trait::async_trait]
+impl BlobSource for RemoteSource<'_> {
+    async fn open(&self, digest: &Digest) -> std::io::Result<ByteStream> {
+        self.open_at(digest, 0).await
+    }
+
+    async fn open_at(&self, digest: &Digest, offset: u64) -> std::io::Result<ByteStream> {
+        let host = self.from.api_host().to_string();
+        let path = format!("/v2/{}/blobs/{digest}", self.from.repository);
+        let h = if offset > 0 {
+            headers(&[(header::RANGE, &format!("bytes={offset}-"))])
+        } else {
+            HeaderMap::new()
+        };
+        let resp = self
+            .client
+            .transport
+            .send(
+                &host,
+                Method::GET,
+                &path,
+                h,
+                Body::Empty,
+                &[pull_scope(&self.from.repository)],
+            )
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = resp.status();
+        let ok = if offset > 0 {
+            status == StatusCode::PARTIAL_CONTENT
+        } else {
+            status == StatusCode::OK
+        };
+        if !ok {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .unwrap_or_default();
+            return Err(std::io::Error::other(status_error(
+                &format!("{host}{path}"),
+                status.as_u16(),
+                &body,
+            )));
+        }
+        Ok(Box::pin(
+            resp.into_body()
+                .into_data_stream()
+                .map(|r| r.map_err(std::io::Error::other)),
+        ))
+    }
+
+    fn mount_candidates(&self, _digest: &Digest) -> Vec<Reference> {
+        vec![self.from.clone()]
+    }
+}
+
 impl Client {
+    /// Whether the repository of `r` holds the manifest `digest` (HEAD).
+    pub async fn manifest_exists(&self, r: &Reference, digest: &Digest) -> Result<bool> {
+        let host = r.api_host().to_string();
+        let path = format!("/v2/{}/manifests/{digest}", r.repository);
+        let resp = self
+            .transport
+            .send(
+                &host,
+                Method::HEAD,
+                &path,
+                headers(&[(header::ACCEPT, &crate::oci::MANIFEST_TYPES.join(", "))]),
+                Body::Empty,
+                &[pull_scope(&r.repository)],
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(status_error(&format!("{host}{path}"), s.as_u16(), b"")),
+        }
+    }
+
+    /// Copy the manifest `digest` from the repository of `from` to the
+    /// repository of `to`, byte-exact, with every blob it names (and, for
+    /// an index, every manifest it names). Blobs are mounted when both
+    /// repositories are on the same registry and it agrees, streamed
+    /// through this client otherwise.
+    pub async fn copy_manifest(
+        &self,
+        from: &Reference,
+        to: &Reference,
+        digest: &Digest,
+        progress: &dyn ProgressSink,
+    ) -> Result<PushResult> {
+        let (bytes, media_type, _) = self.get_manifest(from, &digest.to_string()).await?;
+        let (m, _) = Manifest::parse(&bytes, &media_type).map_err(|source| Error::Manifest {
+            reference: format!("{from}@{digest}"),
+            source,
+        })?;
+        match m.kind(&media_type) {
+            ManifestKind::Index => {
+                for child in m.manifests.iter().flatten() {
+                    if !self.manifest_exists(to, &child.digest).await? {
+                        Box::pin(self.copy_manifest(from, to, &child.digest, progress)).await?;
+                    }
+                }
+            }
+            ManifestKind::Image => {
+                let source = RemoteSource {
+                    client: self,
+                    from: from.clone(),
+                };
+                let blobs = m
+                    .config
+                    .iter()
+                    .chain(m.layers.iter().flatten())
+                    .filter(|d| d.urls.as_ref().is_none_or(Vec::is_empty));
+                for d in blobs {
+                    self.push_blob(to, d, &source, progress).await?;
+                }
+            }
+        }
+        self.put_manifest(
+            &to.with_digest(digest.clone()),
+            bytes,
+            &media_type,
+            progress,
+        )
+        .await
+    }
+
     /// Push `image` to `r` (tag or digest) reading blobs from `source`.
     pub async fn push(
         &self,

@@ -480,6 +480,15 @@ impl Transport {
             let resp = match client.request(req).await {
                 Ok(r) => r,
                 Err(e) => {
+                    let chain = crate::error_chain(&e);
+                    // A TLS failure is the same on every attempt: say
+                    // what it means instead of retrying.
+                    if let Some(hint) = tls_failure(&chain, host) {
+                        return Err(Error::Connect {
+                            url,
+                            message: format!("{hint} ({chain})"),
+                        });
+                    }
                     if body.replayable() && attempt < self.cfg.max_retries {
                         let d = self.backoff(attempt, None);
                         tracing::debug!(url, attempt, error = %crate::error_chain(&e), delay_ms = d.as_millis() as u64, "retrying after a connection error");
@@ -603,6 +612,23 @@ fn form_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// What a TLS handshake failure means, from its error chain: a plain
+/// HTTP server answering an HTTPS request, or a certificate nobody here
+/// trusts. `None` for other connection errors.
+fn tls_failure(chain: &str, host: &str) -> Option<String> {
+    if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+        return Some(format!(
+            "server gave HTTP response to HTTPS client: {host} speaks plain HTTP, which is used only for a registry listed as insecure"
+        ));
+    }
+    if chain.contains("invalid peer certificate") {
+        return Some(format!(
+            "the certificate of {host} is not trusted: add its CA under the certificates directory for {host}, or list {host} as an insecure registry"
+        ));
+    }
+    None
 }
 
 /// Resolve a Location header against the URL it answered.

@@ -92,8 +92,10 @@ fn tls_with_client_certificates() {
         .listening
         .iter()
         .find(|a| a.starts_with("127.0.0.1:"))
-        .map(|a| format!("tcp://{a}"))
-        .unwrap_or_else(|| panic!("no TCP address in {:?}", d.listening));
+        .map_or_else(
+            || panic!("no TCP address in {:?}", d.listening),
+            |a| format!("tcp://{a}"),
+        );
     let version = |args: &[&str]| {
         vessel_cmd(&d, args)
             .env_remove("DOCKER_HOST")

@@ -565,8 +565,10 @@ fn embedded_registry_serves_push_and_pull() {
                 .then(|| l.split("addr=").nth(1))
                 .flatten()
         })
-        .map(|a| a.split_whitespace().next().unwrap_or(a).to_string())
-        .unwrap_or_else(|| panic!("no embedded registry address in the log:\n{log}"));
+        .map_or_else(
+            || panic!("no embedded registry address in the log:\n{log}"),
+            |a| a.split_whitespace().next().unwrap_or(a).to_string(),
+        );
     assert!(
         addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
         "{addr}"

@@ -673,7 +673,7 @@ impl ImageStore {
         rec: &ImageRecord,
         local: &str,
     ) -> Result<Option<(Bytes, String, Vec<Descriptor>)>> {
-        let name = Reference::parse(local).map(|r| r.name().to_string()).ok();
+        let name = Reference::parse(local).map(|r| r.name().clone()).ok();
         let chosen = rec
             .indexes
             .iter()
@@ -750,7 +750,7 @@ impl ImageStore {
                     client,
                     target,
                     &rec,
-                    image,
+                    &image,
                     (bytes, media_type, entries),
                     &source,
                     &filter,
@@ -781,7 +781,7 @@ impl ImageStore {
         client: &Client,
         target: &client::Reference,
         rec: &ImageRecord,
-        image: PushImage,
+        image: &PushImage,
         (bytes, media_type, entries): (Bytes, String, Vec<Descriptor>),
         source: &Source<'_>,
         progress: &(dyn Fn(Event) + Sync),
@@ -847,7 +847,7 @@ impl ImageStore {
             missing.join(", "),
             target.repository,
         )));
-        Ok(rt.block_on(client.push(target, &image, source, &fwd))?)
+        Ok(rt.block_on(client.push(target, image, source, &fwd))?)
     }
 }
 

@@ -50,7 +50,6 @@ cargo build --release -q --manifest-path "$ROOT/Cargo.toml" \
     -p vesseld -p vessel-registry -p vessel-cli -p vessel-runtime --bins
 BIN=$CARGO_TARGET_DIR/release
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_for() { # $1 test command, $2 name, $3 pid
     for _ in $(seq 1 1500); do
         if eval "$1" 2>/dev/null; then return 0; fi
@@ -98,10 +97,13 @@ echo '{"imageLayoutVersion":"1.0.0"}' >"$LAYOUT/oci-layout"
 echo "image: $(du -sm "$LAYOUT/blobs" | cut -f1) MB compressed in $LAYERS layers" >&2
 
 # ---- registry and daemon -----------------------------------------------------
-REG_PORT=$(free_port)
-"$BIN/vessel-registry" --addr "127.0.0.1:$REG_PORT" --root "$WORK/registry" >"$WORK/registry.log" 2>&1 &
+# Port 0: the registry logs the address it bound (a port picked free here
+# and bound later could be taken by something else in between).
+"$BIN/vessel-registry" --addr 127.0.0.1:0 --log-json --root "$WORK/registry" >"$WORK/registry.log" 2>&1 &
 PIDS+=($!)
-wait_for "(exec 3<>/dev/tcp/127.0.0.1/$REG_PORT)" registry "$!"
+wait_for "grep -q '\"registry listening\"' $WORK/registry.log" registry "$!"
+REG_PORT=$(grep '"registry listening"' "$WORK/registry.log" | grep -o '"addr":"127\.0\.0\.1:[0-9]*"' | head -1 | grep -o '[0-9]*"$' | tr -d '"')
+[ -n "$REG_PORT" ] || { echo "no address in the registry log" >&2; cat "$WORK/registry.log" >&2; exit 1; }
 IMAGE=127.0.0.1:$REG_PORT/bench/img:v1
 skopeo copy -q --dest-tls-verify=false "oci:$LAYOUT:v1" "docker://$IMAGE"
 

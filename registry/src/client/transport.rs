@@ -668,6 +668,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_failures_are_explained() {
+        let plain = tls_failure(
+            "client error (Connect): received corrupt message of type InvalidContentType",
+            "10.1.2.3:5000",
+        )
+        .unwrap();
+        assert!(
+            plain.starts_with("server gave HTTP response to HTTPS client: 10.1.2.3:5000"),
+            "{plain}"
+        );
+        let cert = tls_failure(
+            "client error (Connect): invalid peer certificate: UnknownIssuer",
+            "r.example:443",
+        )
+        .unwrap();
+        assert!(
+            cert.contains("certificate of r.example:443 is not trusted"),
+            "{cert}"
+        );
+        assert_eq!(tls_failure("connection refused", "h:1"), None);
+    }
+
+    #[test]
     fn locations_resolve() {
         assert_eq!(
             resolve_url(

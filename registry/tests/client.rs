@@ -219,6 +219,81 @@ async fn chunked_uploads_mounts_and_indexes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_manifest_mounts_on_one_registry_and_streams_across() {
+    let a = TestRegistry::start().await;
+    let b = TestRegistry::start().await;
+    let tmp = TempRoot::new("client-copy");
+    let c = client(ClientConfig::default());
+    let amd = TestImage::new(&[300_000], 66);
+    let arm = TestImage::new(&[200_000, 1_000], 67);
+    let src = FsStore::open(tmp.join("src")).unwrap();
+    let index = make_index(&[(&amd, "amd64"), (&arm, "arm64")]);
+    let from = Reference::parse(&format!("{}/cp/src:v1", a.host())).unwrap();
+    let push = PushImage::Index {
+        manifest: Bytes::from(index.clone()),
+        media_type: OCI_INDEX.to_string(),
+        children: vec![stage(&src, &amd), stage(&src, &arm)],
+    };
+    c.push(&from, &push, &src, &vessel_registry::client::NoProgress)
+        .await
+        .unwrap();
+    let index_digest = Digest::sha256_of(&index);
+
+    // Same registry: the index and both children, every blob mounted.
+    let to = Reference::parse(&format!("{}/cp/dst:v1", a.host())).unwrap();
+    assert!(!c.manifest_exists(&to, &arm.digest()).await.unwrap());
+    let ev = Events::default();
+    let res = c
+        .copy_manifest(&from, &to, &index_digest, &ev)
+        .await
+        .unwrap();
+    assert_eq!(res.digest, index_digest);
+    assert_eq!(
+        ev.count(|e| matches!(e, ProgressEvent::Mounted { from, .. } if from == "cp/src")),
+        5
+    );
+    assert_eq!(ev.count(|e| matches!(e, ProgressEvent::Pushed { .. })), 0);
+    assert!(c.manifest_exists(&to, &arm.digest()).await.unwrap());
+    let (bytes, _, _) = c
+        .get_manifest(&to, &index_digest.to_string())
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], &index[..]);
+
+    // Another registry: no mount there, so the blobs stream through.
+    let other = Reference::parse(&format!("{}/cp/copy:v1", b.host())).unwrap();
+    let ev = Events::default();
+    c.copy_manifest(&from, &other, &arm.digest(), &ev)
+        .await
+        .unwrap();
+    assert_eq!(ev.count(|e| matches!(e, ProgressEvent::Pushed { .. })), 3);
+    let dst = FsStore::open(tmp.join("dst")).unwrap();
+    let pulled = c
+        .pull(
+            &other.with_digest(arm.digest()),
+            &PlatformSpec::host(),
+            &dst,
+            &vessel_registry::client::NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(&pulled.manifest.0[..], &arm.manifest[..]);
+    assert_same_blobs(&dst, &arm);
+
+    // A manifest the source does not have is NotFound.
+    let err = c
+        .copy_manifest(&from, &other, &Digest::sha256_of(b"absent"), &ev)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, vessel_registry::client::Error::NotFound(_)),
+        "{err}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_resume_and_verify() {
     let reg = TestRegistry::start().await;
     let tmp = TempRoot::new("client-resume");

@@ -138,6 +138,20 @@ pub async fn run(o: Options) -> Result<()> {
             .clone()
             .unwrap_or_else(|| o.exec_root.join("vesseld.pid")),
     )?;
+    // The embedded registry first, so the engine knows its bound address.
+    let registry = match o.registry {
+        Some(addr) => {
+            let mut cfg = vessel_registry::config::Config::default();
+            cfg.server.addr = addr;
+            cfg.storage.root = o.root.join("registry");
+            let h = vessel_registry::server::Server::start(cfg)
+                .await
+                .with_context(|| format!("start the embedded registry on {addr}"))?;
+            tracing::info!(addr = %h.local_addr(), "embedded registry listening");
+            Some(h)
+        }
+        None => None,
+    };
     let engine = Engine::open(engine::Config {
         root: o.root.clone(),
         exec_root: o.exec_root.clone(),
@@ -147,6 +161,9 @@ pub async fn run(o: Options) -> Result<()> {
             .unwrap_or_else(engine::shim::find_binary),
         registry: engine::distribution::RegistryOptions {
             insecure: o.insecure_registries.clone(),
+            embedded: registry
+                .as_ref()
+                .map(vessel_registry::server::ServerHandle::local_addr),
         },
         network: {
             let (prefix, bridge) = crate::network::Config::names_for(&o.root);
@@ -169,19 +186,6 @@ pub async fn run(o: Options) -> Result<()> {
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    let registry = match o.registry {
-        Some(addr) => {
-            let mut cfg = vessel_registry::config::Config::default();
-            cfg.server.addr = addr;
-            cfg.storage.root = o.root.join("registry");
-            let h = vessel_registry::server::Server::start(cfg)
-                .await
-                .with_context(|| format!("start the embedded registry on {addr}"))?;
-            tracing::info!(addr = %h.local_addr(), "embedded registry listening");
-            Some(h)
-        }
-        None => None,
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = tls_acceptor(&o)?;
     let mut tasks = Vec::new();

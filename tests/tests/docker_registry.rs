@@ -573,6 +573,13 @@ fn embedded_registry_serves_push_and_pull() {
         addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
         "{addr}"
     );
+    // GET /info says the same.
+    let info = json(&curl(&[
+        "--unix-socket",
+        d.sock.to_str().unwrap(),
+        "http://vessel/info",
+    ]));
+    assert_eq!(info["EmbeddedRegistry"], addr.as_str(), "{info}");
     d.load_busybox();
     let id = image_id(&d, "busybox");
     let name = format!("{addr}/self/busybox:1");
@@ -812,6 +819,9 @@ fn insecure_registry_on_a_non_loopback_address() {
     );
     d.load_busybox();
     let busybox_id = image_id(&d, "busybox");
+    let ic = json(&d.ok(&["info", "--format", "{{json .RegistryConfig.IndexConfigs}}"]));
+    assert_eq!(ic[plain.host()]["Secure"], false, "{ic}");
+    assert_eq!(ic["docker.io"]["Secure"], true, "{ic}");
 
     // Listed: plain HTTP (https is tried first and fails), and https with
     // a certificate nobody here trusts.

@@ -95,6 +95,18 @@ pub async fn info(engine: &Arc<Engine>) -> Result<Response<Body>, Error> {
         .trim_matches('"')
         .to_string();
     let layout = vessel_runtime::cgroups::layout();
+    // As Docker lists them: the Hub, then each --insecure-registry.
+    let mut index_configs = serde_json::Map::new();
+    index_configs.insert(
+        "docker.io".into(),
+        json!({"Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true}),
+    );
+    for h in &engine.registry.insecure {
+        index_configs.insert(
+            h.clone(),
+            json!({"Name": h, "Mirrors": [], "Secure": false, "Official": false}),
+        );
+    }
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -138,7 +150,9 @@ pub async fn info(engine: &Arc<Engine>) -> Result<Response<Body>, Error> {
             "OSType": "linux",
             "Architecture": std::env::consts::ARCH,
             "IndexServerAddress": "https://index.docker.io/v1/",
-            "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": null, "AllowNondistributableArtifactsHostnames": null, "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"], "IndexConfigs": {}, "Mirrors": null},
+            "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": null, "AllowNondistributableArtifactsHostnames": null, "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"], "IndexConfigs": index_configs, "Mirrors": null},
+            // Vessel's own: where `--registry` serves (null without it).
+            "EmbeddedRegistry": engine.registry.embedded.map(|a| a.to_string()),
             "NCPU": ncpu,
             "MemTotal": crate::engine::stats::host_memory(),
             "GenericResources": null,

@@ -28,6 +28,9 @@ pub struct RegistryOptions {
     /// `host[:port]` of registries reached over plain HTTP (or TLS without
     /// verification); loopback registries always are, as in Docker.
     pub insecure: Vec<String>,
+    /// Address of the registry the daemon serves itself (`--registry`),
+    /// as bound (port 0 resolved), for `GET /info`.
+    pub embedded: Option<std::net::SocketAddr>,
 }
 
 /// Credentials as the docker CLI sends them (`X-Registry-Auth`, `/auth`).

@@ -128,14 +128,32 @@ impl Cgroup {
         &self.path
     }
 
-    /// Create the cgroup in every hierarchy and move `pid` into it.
+    /// Create the cgroup in every hierarchy without moving anything into
+    /// it, so that its limits can be set, and the container can bind its
+    /// directories, before the first process joins.
+    pub fn create(&mut self) -> Result<()> {
+        cgroups_rs::fs::Cgroup::new(
+            cgroups_rs::fs::hierarchies::auto(),
+            self.path.trim_start_matches('/'),
+        )
+        .map_err(|e| Error::Cgroup(format!("{}: create: {e}", self.path)))?;
+        if self.layout == Layout::Hybrid {
+            create_v2_dir(Path::new(HYBRID_UNIFIED), &self.path)?;
+        }
+        Ok(())
+    }
+
+    /// Create the cgroup in every hierarchy (if [`Cgroup::create`] has not)
+    /// and move `pid` into it.
     pub fn apply(&mut self, pid: i32) -> Result<()> {
         self.mgr
             .add_proc(CgroupPid::from(pid as u64))
             .map_err(|e| Error::Cgroup(format!("{}: add process {pid}: {e}", self.path)))?;
         if self.layout == Layout::Hybrid {
             let dir = self.unified_dir();
-            create_v2_dir(Path::new(HYBRID_UNIFIED), &self.path)?;
+            if !dir.is_dir() {
+                create_v2_dir(Path::new(HYBRID_UNIFIED), &self.path)?;
+            }
             write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())

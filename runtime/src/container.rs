@@ -252,6 +252,36 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
     };
     let (new, join) = namespace_plan(&spec)?;
     let mut cgroup = Cgroup::open(&cgroup_path)?;
+    // The cgroup and its limits exist before the fork. The first move of a
+    // process into a v1 cgroup waits for an RCU grace period (milliseconds);
+    // unless the container gets a cgroup namespace (rooted where its first
+    // process stands when it unshares), the container process builds its
+    // root filesystem meanwhile and is moved in as soon as its PID is known.
+    // It runs nothing of the user's before the hooks' turn, which comes
+    // after the move.
+    let resources = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
+    let devices = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
+    let prepared = cgroup
+        .create()
+        .and_then(|()| cgroup.set(&resources, &devices));
+    undo.cgroup = Some(cgroup);
+    let mut cgroup_ok = match prepared {
+        Ok(()) => true,
+        Err(e) if o.rootless => {
+            tracing::warn!(error = %e, "rootless: continuing without cgroup limits");
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    let early = !new.contains(CloneFlags::CLONE_NEWCGROUP);
 
     let (parent, child) = sync::pair()?;
     let cfg = ChildConfig {
@@ -269,6 +299,7 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
         preserve_fds: o.preserve_fds,
         join,
         new,
+        wait_for_go: !early,
         seccomp,
         stdio: dup_stdio(o.stdio.as_ref())?,
     };
@@ -283,27 +314,25 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
     drop(cfg);
     undo.pids.push(stage1);
 
-    let apply = cgroup.apply(stage1).and_then(|()| {
-        let resources = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone())
-            .unwrap_or_default();
-        let devices = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.devices().clone())
-            .unwrap_or_default();
-        cgroup.set(&resources, &devices)
-    });
-    undo.cgroup = Some(cgroup);
-    if let Err(e) = apply {
-        if !o.rootless {
-            return Err(e);
+    // Moves `pid` into the cgroup; a rootless container may go without.
+    let enter_cgroup = |undo: &mut Undo<'_>, ok: &mut bool, pid: i32| -> Result<()> {
+        let Some(cg) = undo.cgroup.as_mut().filter(|_| *ok) else {
+            return Ok(());
+        };
+        match cg.apply(pid) {
+            Ok(()) => Ok(()),
+            Err(e) if o.rootless => {
+                tracing::warn!(error = %e, "rootless: continuing without cgroup limits");
+                *ok = false;
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        tracing::warn!(error = %e, "rootless: continuing without cgroup limits");
+    };
+    if !early {
+        enter_cgroup(&mut undo, &mut cgroup_ok, stage1)?;
+        parent.send(&Msg::Go)?;
     }
-    parent.send(&Msg::Go)?;
 
     let mut init_pid = None;
     let created = crate::state::now_rfc3339();
@@ -321,6 +350,9 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
                 }
                 undo.pids.push(p);
                 init_pid = Some(p);
+                if early {
+                    enter_cgroup(&mut undo, &mut cgroup_ok, p)?;
+                }
             }
             Some(Msg::RunHooks) => {
                 let state = serde_json::json!({
@@ -763,6 +795,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         preserve_fds: o.preserve_fds,
         join,
         new: CloneFlags::empty(),
+        wait_for_go: true,
         seccomp,
         stdio: dup_stdio(o.stdio.as_ref())?,
     };

@@ -57,6 +57,11 @@ pub(crate) struct ChildConfig<'a> {
     pub join: Vec<(LinuxNamespaceType, OwnedFd)>,
     /// Namespaces to create.
     pub new: CloneFlags,
+    /// Stage 1 waits for the runtime's go-ahead (sent once it is in its
+    /// cgroup) before it does anything. Otherwise the runtime moves the
+    /// container process into the cgroup while it builds the root
+    /// filesystem, and answers its request for the hooks after the move.
+    pub wait_for_go: bool,
     /// The seccomp filter, compiled by the runtime before forking.
     pub seccomp: Option<seccomp::Program>,
     /// Descriptors for the process's standard streams; without them it
@@ -89,7 +94,9 @@ pub(crate) fn stage1(cfg: &ChildConfig<'_>, chan: &Channel) -> ! {
 /// Returns `Some` in the intermediate process (which then exits) and `None`
 /// in the process that goes on to be the container process.
 fn stage1_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<Option<()>> {
-    chan.expect(&Msg::Go)?;
+    if cfg.wait_for_go {
+        chan.expect(&Msg::Go)?;
+    }
     nix::sys::prctl::set_dumpable(false).sys(|| "prctl(PR_SET_DUMPABLE)".into())?;
 
     // Join by path: the user namespace first, so we hold capabilities over

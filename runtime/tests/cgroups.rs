@@ -172,6 +172,69 @@ fn pids_limit_stops_a_fork_bomb() {
     );
 }
 
+/// Without a cgroup namespace, the runtime moves the container process into
+/// its cgroup while the process builds its root filesystem. It must still
+/// be inside, under its limits, and see its own cgroup, before the user's
+/// program runs.
+#[test]
+fn without_a_cgroup_namespace_the_process_starts_in_its_cgroup() {
+    need_root!();
+    let env = Env::new("rt-nocgns");
+    let mut b = env.bundle(&[]);
+    let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.retain(|n| n["type"] != "cgroup");
+    b.config["linux"]["resources"] = json!({
+        "pids": {"limit": 10},
+        "memory": {"limit": 64 << 20},
+    });
+    let limit_file = if is_v1_host() {
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    } else {
+        "/sys/fs/cgroup/memory.max"
+    };
+    let pids_file = if is_v1_host() {
+        "/sys/fs/cgroup/pids/pids.current"
+    } else {
+        "/sys/fs/cgroup/pids.current"
+    };
+    b.sh(&format!(
+        "readlink /proc/self/ns/cgroup; cat /proc/self/cgroup; read l < {limit_file}; echo limit=$l; \
+         (for i in $(seq 30); do sleep 1000 & done) 2>/dev/null; \
+         read n < {pids_file}; echo pids=$n"
+    ));
+    let out = env.run_ok(&b);
+    let host_ns = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    assert!(
+        out.lines().next() == host_ns.to_str(),
+        "the host's cgroup namespace: {out}"
+    );
+    let memory_line = out
+        .lines()
+        .find(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, c) = (p.next(), p.next().unwrap_or(""));
+            if is_v1_host() {
+                c.split(',').any(|x| x == "memory")
+            } else {
+                c.is_empty()
+            }
+        })
+        .unwrap_or_else(|| panic!("no memory cgroup line: {out}"));
+    assert!(
+        !memory_line.ends_with(":/"),
+        "the process left the root cgroup: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l == format!("limit={}", 64 << 20)),
+        "its own cgroup is mounted, with the limit: {out}"
+    );
+    // The shell, its subshell and 8 sleeps filled the limit of 10.
+    assert!(
+        out.lines().any(|l| l == "pids=9"),
+        "the pids limit held: {out}"
+    );
+}
+
 #[test]
 fn memory_limit_ooms_and_events_report_it() {
     need_root!();

@@ -303,7 +303,23 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
         seccomp,
         stdio: dup_stdio(o.stdio.as_ref())?,
     };
-    let stage1 = match sys::fork().sys(|| "fork".into())? {
+    // With nothing to join and no user or time namespace (whose set-up
+    // needs a process in between), the container process is cloned
+    // directly into its new namespaces; the cgroup namespace, if any, it
+    // unshares itself once it is in its cgroup.
+    let direct = cfg.join.is_empty()
+        && !new.intersects(CloneFlags::CLONE_NEWUSER | spec::ns_flag(LinuxNamespaceType::Time));
+    let forked = if direct {
+        sys::fork_into(new - CloneFlags::CLONE_NEWCGROUP)
+            .sys(|| format!("clone into new namespaces {new:?}"))?
+    } else {
+        sys::fork().sys(|| "fork".into())?
+    };
+    let stage1 = match forked {
+        sys::Forked::Child if direct => {
+            drop(parent);
+            crate::init::direct(&cfg, &child)
+        }
         sys::Forked::Child => {
             drop(parent);
             crate::init::stage1(&cfg, &child)
@@ -329,12 +345,19 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
             Err(e) => Err(e),
         }
     };
+    let mut init_pid = None;
+    if direct {
+        // No intermediate process: the child is the container process.
+        init_pid = Some(stage1);
+        if early {
+            enter_cgroup(&mut undo, &mut cgroup_ok, stage1)?;
+        }
+    }
     if !early {
         enter_cgroup(&mut undo, &mut cgroup_ok, stage1)?;
         parent.send(&Msg::Go)?;
     }
 
-    let mut init_pid = None;
     let created = crate::state::now_rfc3339();
     loop {
         match parent.recv()? {

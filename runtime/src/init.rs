@@ -2,7 +2,10 @@
 //! creating namespaces, building the root filesystem and becoming the
 //! container's process.
 //!
-//! Two stages, as the kernel requires:
+//! When the container joins no namespace by path and gets no user or time
+//! namespace, the runtime clones the container process directly into its
+//! new namespaces, and only stage 2 below runs ([`direct`]). Otherwise two
+//! stages, as the kernel requires:
 //! - stage 1 (forked from the runtime) joins namespaces given by path,
 //!   unshares the new ones and, for a user namespace, has the runtime write
 //!   its ID maps. A new or joined PID namespace only applies to children, so
@@ -84,6 +87,31 @@ pub(crate) fn stage1(cfg: &ChildConfig<'_>, chan: &Channel) -> ! {
     match stage1_inner(cfg, chan) {
         Ok(Some(())) => sys::exit_now(0),
         Ok(None) => stage2(cfg, chan),
+        Err(e) => {
+            let _ = chan.send(&Msg::Error(e.chain()));
+            sys::exit_now(1)
+        }
+    }
+}
+
+/// The container process when the runtime created it directly in its new
+/// namespaces (nothing to join, no user or time namespace): what is left of
+/// stage 1 is the cgroup namespace, which must wait for the move into the
+/// cgroup. Never returns.
+pub(crate) fn direct(cfg: &ChildConfig<'_>, chan: &Channel) -> ! {
+    let prepared = (|| -> Result<()> {
+        nix::sys::prctl::set_dumpable(false).sys(|| "prctl(PR_SET_DUMPABLE)".into())?;
+        if cfg.wait_for_go {
+            chan.expect(&Msg::Go)?;
+        }
+        if cfg.creates(LinuxNamespaceType::Cgroup) {
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .sys(|| "unshare the cgroup namespace".into())?;
+        }
+        Ok(())
+    })();
+    match prepared {
+        Ok(()) => stage2(cfg, chan),
         Err(e) => {
             let _ = chan.send(&Msg::Error(e.chain()));
             sys::exit_now(1)

@@ -25,7 +25,19 @@ pub(crate) enum Forked {
 ///
 /// The caller must be single-threaded.
 pub(crate) fn fork_as_sibling() -> nix::Result<Forked> {
-    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    fork_with(libc::CLONE_PARENT)
+}
+
+/// Fork into new namespaces: `flags` are `CLONE_NEW*` flags, which the
+/// child is created in (a new PID namespace makes it PID 1 there).
+///
+/// The caller must be single-threaded.
+pub(crate) fn fork_into(flags: nix::sched::CloneFlags) -> nix::Result<Forked> {
+    fork_with(flags.bits())
+}
+
+fn fork_with(flags: libc::c_int) -> nix::Result<Forked> {
+    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone with a NULL stack behaves like fork: the child continues on
     // a copy of the caller's stack. The runtime is single-threaded when it
     // calls this, so no locks are held by other threads in the child. The

@@ -173,29 +173,28 @@ fn pids_limit_stops_a_fork_bomb() {
 }
 
 /// Without a cgroup namespace, the runtime moves the container process into
-/// its cgroup while the process builds its root filesystem. It must still
-/// be inside, under its limits, and see its own cgroup, before the user's
-/// program runs.
-#[test]
-fn without_a_cgroup_namespace_the_process_starts_in_its_cgroup() {
-    need_root!();
-    let env = Env::new("rt-nocgns");
+/// its cgroup while the process builds its root filesystem; with one, before
+/// the process unshares it. Either way the process must be inside, under its
+/// limits, and see its own cgroup, before the user's program runs.
+fn starts_in_its_cgroup(cgroup_ns: bool) {
+    let env = Env::new("rt-cgstart");
     let mut b = env.bundle(&[]);
     let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
     ns.retain(|n| n["type"] != "cgroup");
+    if cgroup_ns {
+        ns.push(json!({"type": "cgroup"}));
+    }
     b.config["linux"]["resources"] = json!({
         "pids": {"limit": 10},
         "memory": {"limit": 64 << 20},
     });
-    let limit_file = if is_v1_host() {
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    let (limit_file, pids_file) = if is_v1_host() {
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/pids/pids.current",
+        )
     } else {
-        "/sys/fs/cgroup/memory.max"
-    };
-    let pids_file = if is_v1_host() {
-        "/sys/fs/cgroup/pids/pids.current"
-    } else {
-        "/sys/fs/cgroup/pids.current"
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.current")
     };
     b.sh(&format!(
         "readlink /proc/self/ns/cgroup; cat /proc/self/cgroup; read l < {limit_file}; echo limit=$l; \
@@ -204,9 +203,10 @@ fn without_a_cgroup_namespace_the_process_starts_in_its_cgroup() {
     ));
     let out = env.run_ok(&b);
     let host_ns = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
-    assert!(
-        out.lines().next() == host_ns.to_str(),
-        "the host's cgroup namespace: {out}"
+    assert_eq!(
+        out.lines().next() != host_ns.to_str(),
+        cgroup_ns,
+        "a cgroup namespace of its own only if asked: {out}"
     );
     let memory_line = out
         .lines()
@@ -220,9 +220,12 @@ fn without_a_cgroup_namespace_the_process_starts_in_its_cgroup() {
             }
         })
         .unwrap_or_else(|| panic!("no memory cgroup line: {out}"));
-    assert!(
-        !memory_line.ends_with(":/"),
-        "the process left the root cgroup: {out}"
+    // In its own namespace the container's cgroup is the root; outside,
+    // it is below the host's root.
+    assert_eq!(
+        memory_line.ends_with(":/"),
+        cgroup_ns,
+        "the process is in its own cgroup: {out}"
     );
     assert!(
         out.lines().any(|l| l == format!("limit={}", 64 << 20)),
@@ -233,6 +236,18 @@ fn without_a_cgroup_namespace_the_process_starts_in_its_cgroup() {
         out.lines().any(|l| l == "pids=9"),
         "the pids limit held: {out}"
     );
+}
+
+#[test]
+fn without_a_cgroup_namespace_the_process_starts_in_its_cgroup() {
+    need_root!();
+    starts_in_its_cgroup(false);
+}
+
+#[test]
+fn with_a_cgroup_namespace_the_process_starts_in_its_cgroup() {
+    need_root!();
+    starts_in_its_cgroup(true);
 }
 
 #[test]

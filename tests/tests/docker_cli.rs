@@ -243,6 +243,54 @@ fn copy_commit_tag_save_export_diff() {
         "docker cp followed a symlink out of the container"
     );
 
+    // Volumes, binds and tmpfs mounts are copied to and from as the
+    // container sees them; a stopped container's volume still is.
+    let bind = d.tmp.join("bind");
+    std::fs::create_dir_all(&bind).unwrap();
+    let bind_arg = format!("{}:/b", bind.display());
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "vbox",
+        "-v",
+        "cpvol:/data",
+        "-v",
+        &bind_arg,
+        "--tmpfs",
+        "/scratch",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    for dir in ["/data", "/b", "/scratch"] {
+        d.ok(&["cp", local.to_str().unwrap(), &format!("vbox:{dir}/")]);
+        assert_eq!(
+            d.ok(&["exec", "vbox", "cat", &format!("{dir}/in.txt")]),
+            "from the host
+",
+            "copied into {dir}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(bind.join("in.txt")).unwrap(),
+        "from the host
+"
+    );
+    d.ok(&["exec", "vbox", "sh", "-c", "echo in-volume > /data/v.txt"]);
+    d.ok(&["stop", "-t", "0", "vbox"]);
+    d.ok(&[
+        "cp",
+        "vbox:/data/v.txt",
+        out_dir.join("v.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("v.txt")).unwrap(),
+        "in-volume\n"
+    );
+    d.ok(&["rm", "vbox"]);
+    d.ok(&["volume", "rm", "cpvol"]);
+
     d.ok(&[
         "exec",
         "box",

@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 
 use super::container::Status;
 use super::error::{Error, Result};
-use super::{Engine, attrs, blocking};
+use super::types::MountPoint;
+use super::{Engine, RUNTIME_VM, attrs, blocking};
 
 /// A `Write` that sends chunks into a channel (to stream a body).
 pub struct ChanWriter {
@@ -110,6 +111,37 @@ pub fn resolve_in_root(rootfs: &Path, path: &str) -> Result<PathBuf> {
         .collect())
 }
 
+/// The source of the volume or bind mount (the deepest one) whose
+/// destination holds `path`, and the rest of `path` below it. `path` is
+/// taken lexically, as the container names it.
+fn mount_holding(mounts: &[MountPoint], path: &str) -> Option<(PathBuf, String)> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(n) => parts.push(n.to_str()?),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    mounts
+        .iter()
+        .filter(|m| (m.kind == "volume" || m.kind == "bind") && !m.source.is_empty())
+        .filter_map(|m| {
+            let dest: Vec<&str> = m
+                .destination
+                .split('/')
+                .filter(|p| !p.is_empty() && *p != ".")
+                .collect();
+            parts
+                .starts_with(&dest)
+                .then(|| (dest.len(), m, parts[dest.len()..].join("/")))
+        })
+        .max_by_key(|(depth, _, _)| *depth)
+        .map(|(_, m, rest)| (PathBuf::from(&m.source), format!("/{rest}")))
+}
+
 /// Docker's path stat (`X-Docker-Container-Path-Stat`), with a Go file mode.
 pub fn path_stat(host: &Path, name: &str) -> Result<serde_json::Value> {
     let m = std::fs::symlink_metadata(host)
@@ -200,6 +232,29 @@ impl Engine {
         Ok((c.id.clone(), self.paths.container(&c.id).join("rootfs")))
     }
 
+    /// Where the container's `path` is found from the host: a root
+    /// directory and the path below it. A running container is seen through
+    /// `/proc/PID/root`, in its own mount namespace, so its volumes, binds
+    /// and tmpfs mounts appear as they do inside. For a stopped one the
+    /// volume or bind mount whose destination holds `path` is used, else
+    /// its root filesystem. (A microVM's files live in the guest: only its
+    /// root filesystem is reachable.)
+    async fn view_of(&self, reference: &str, path: &str) -> Result<(String, PathBuf, String)> {
+        let entry = self.get(reference)?;
+        let c = entry.rec.lock().await;
+        self.mount_rootfs(&c).await?;
+        let rootfs = self.paths.container(&c.id).join("rootfs");
+        if c.state.status.is_live() && c.state.pid > 0 && c.host_config.runtime != RUNTIME_VM {
+            let root = PathBuf::from(format!("/proc/{}/root", c.state.pid));
+            if root.is_dir() {
+                return Ok((c.id.clone(), root, path.to_string()));
+            }
+        }
+        let (root, rest) =
+            mount_holding(&c.mounts, path).unwrap_or_else(|| (rootfs, path.to_string()));
+        Ok((c.id.clone(), root, rest))
+    }
+
     /// `GET /containers/{id}/export`: the whole filesystem as a tar stream.
     pub async fn export(&self, reference: &str) -> Result<mpsc::Receiver<Bytes>> {
         let (id, rootfs) = self.rootfs_of(reference).await?;
@@ -218,9 +273,9 @@ impl Engine {
 
     /// `HEAD /containers/{id}/archive`: the stat of a path.
     pub async fn archive_stat(&self, reference: &str, path: &str) -> Result<serde_json::Value> {
-        let (id, rootfs) = self.rootfs_of(reference).await?;
+        let (id, root, rel) = self.view_of(reference, path).await?;
         let guard = Paused::new(self, &id).await;
-        let r = resolve_in_root(&rootfs, path).and_then(|h| path_stat(&h, path));
+        let r = resolve_in_root(&root, &rel).and_then(|h| path_stat(&h, path));
         guard.done().await;
         r
     }
@@ -231,9 +286,9 @@ impl Engine {
         reference: &str,
         path: &str,
     ) -> Result<(serde_json::Value, mpsc::Receiver<Bytes>)> {
-        let (id, rootfs) = self.rootfs_of(reference).await?;
+        let (id, root, rel) = self.view_of(reference, path).await?;
         let guard = Paused::new(self, &id).await;
-        let host = match resolve_in_root(&rootfs, path) {
+        let host = match resolve_in_root(&root, &rel) {
             Ok(h) => h,
             Err(e) => {
                 guard.done().await;
@@ -277,10 +332,10 @@ impl Engine {
         path: &str,
         body: mpsc::Receiver<Bytes>,
     ) -> Result<()> {
-        let (id, rootfs) = self.rootfs_of(reference).await?;
+        let (id, root, rel) = self.view_of(reference, path).await?;
         let guard = Paused::new(self, &id).await;
         let result = async {
-            let host = resolve_in_root(&rootfs, path)?;
+            let host = resolve_in_root(&root, &rel)?;
             let meta = std::fs::metadata(&host).map_err(|_| {
                 Error::not_found(format!("Could not find the file {path} in container {id}"))
             })?;
@@ -502,6 +557,43 @@ impl std::io::Read for ChanReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_below_a_mount_go_to_its_source() {
+        let m = |kind: &str, source: &str, destination: &str| MountPoint {
+            kind: kind.into(),
+            name: String::new(),
+            source: source.into(),
+            destination: destination.into(),
+            driver: String::new(),
+            mode: String::new(),
+            rw: true,
+            propagation: String::new(),
+        };
+        let mounts = [
+            m("volume", "/v/data", "/data"),
+            m("bind", "/host/deep", "/data/deep/"),
+            m("tmpfs", "", "/scratch"),
+        ];
+        let got = |p: &str| mount_holding(&mounts, p);
+        assert_eq!(got("/data/x"), Some(("/v/data".into(), "/x".into())));
+        assert_eq!(got("/data"), Some(("/v/data".into(), "/".into())));
+        assert_eq!(
+            got("/data/deep/a/b"),
+            Some(("/host/deep".into(), "/a/b".into()))
+        );
+        assert_eq!(
+            got("/data/../data/y"),
+            Some(("/v/data".into(), "/y".into()))
+        );
+        assert_eq!(
+            got("/database/x"),
+            None,
+            "a prefix of a name is not a parent"
+        );
+        assert_eq!(got("/scratch/x"), None, "no host source");
+        assert_eq!(got("/etc/passwd"), None);
+    }
 
     #[test]
     fn paths_resolve_inside_the_root() {

@@ -30,6 +30,8 @@ fn json_log(c: &support::Case) -> String {
 
 const SCRIPT: &str = r#"
 mkdir -p /vm/cache /s /b /run/vr
+# A process that a signal kills is named in the kernel log.
+echo 1 > /proc/sys/kernel/print-fatal-signals
 cp /vm/layer.img /vm/cache/sha256-@KEY@.erofs
 layers='[{\"key\":\"sha256:@KEY@\",\"dir\":\"/nonexistent\"}]'
 # bundle NAME TERMINAL ARGS-JSON RESOURCES-JSON
@@ -52,8 +54,8 @@ container() {
 {"id":"$1","bundle":"/b/$1","runtime_root":"/run/vr","state_dir":"/s/$1","tty":$2,"open_stdin":false,"stdin_once":false,
  "log":{"path":"/s/$1/log.json","max_size":0,"max_files":1}}
 EOF
-  vessel-shim /s/$1 > /s/$1/launched 2> /s/$1/launch.err
-  vessel-shim ctl /s/$1 start > /dev/null 2>> /s/$1/launch.err
+  timeout -s KILL 120 vessel-shim /s/$1 > /s/$1/launched 2> /s/$1/launch.err || echo "@@LAUNCH $1 failed: $?"
+  timeout -s KILL 120 vessel-shim ctl /s/$1 start > /dev/null 2>> /s/$1/launch.err || echo "@@START $1 failed: $?"
 }
 # finish NAME: wait for the container, show its log
 finish() {
@@ -94,7 +96,9 @@ ex b isolation -- sh -c 'test -e /secret-a && echo leak-other-container; n=0; fo
 echo "@@CASE panic"; t0=$(now); container panic false '["sh","-c","echo c > /proc/sysrq-trigger; sleep 100"]'; finish panic
 ex a afterpanic -- echo alive; show
 
+for p in /proc/[0-9]*; do [ "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" = "vessel-shim /s/a " ] && echo "@@SIG ${p#/proc/} $(grep -h '^Sig' $p/status | tr '\n' ' ')"; done
 echo "@@CASE stop"; t0=$(now); vessel-shim ctl /s/a kill TERM; finish a
+echo "@@DMESG"; dmesg | grep -i -e 'fatal signal' -e segfault -e 'audit' -e 'trap' -e 'vessel' | tail -n 20; echo "@@DMESGEND"
 echo "@@CASE kill"; t0=$(now); vessel-shim ctl /s/b kill KILL; finish b
 echo "@@SHIMS $(cat /proc/[0-9]*/comm | grep -c vessel-shim)"
 
@@ -130,6 +134,15 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
         console.contains("@@DONE"),
         "L1 script did not finish:\n{console}"
     );
+    // The shim's signal dispositions before the stop and the kernel's
+    // word on any process killed by a signal, for the record.
+    let mut in_dmesg = false;
+    for l in console.lines() {
+        in_dmesg = (in_dmesg || l.starts_with("@@DMESG")) && !l.starts_with("@@DMESGEND");
+        if in_dmesg || l.starts_with("@@SIG") {
+            eprintln!("{l}");
+        }
+    }
     let cases = support::parse(&console);
     let case = |n: &str| {
         cases

@@ -15,7 +15,7 @@ packages=(
     crun runc podman conmon containerd skopeo docker-registry
     # Tools the tests and scripts call.
     iproute2 nftables procps util-linux jq curl python3-pip python3-venv
-    hyperfine strace e2fsprogs erofs-utils
+    hyperfine strace e2fsprogs erofs-utils openssl
     # The microVM: the guest kernel's source and build tools
     # (runtime/vmm/guest/build-kernel.sh), the agent initramfs, and QEMU
     # for the nested end-to-end tests and the benchmark.

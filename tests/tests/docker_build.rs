@@ -7,10 +7,11 @@
 
 mod common;
 
+use std::io::BufRead;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
 
 use common::Daemon;
 
@@ -85,6 +86,17 @@ fn docker_build_end_to_end() {
     add_url_and_archive(&d);
     vessel_cli_builds_the_same(&d);
     prune_drops_the_cache(&d);
+    timed("run limits", || run_limits_reach_the_run_containers(&d));
+    timed("pull", || pull_refreshes_the_base(&d));
+    // Last: `prune -a` empties the store.
+    timed("image prune", || image_prune_keeps_parents(&d));
+}
+
+/// Run one case and print how long it took (shown with --nocapture).
+fn timed(name: &str, f: impl FnOnce()) {
+    let t = std::time::Instant::now();
+    f();
+    eprintln!("case {name}: {:.2} s", t.elapsed().as_secs_f64());
 }
 
 fn single_stage_and_cache(d: &Daemon) {
@@ -709,4 +721,268 @@ fn prune_drops_the_cache(d: &Daemon) {
     d.ok(&["builder", "prune", "-f"]);
     let miss = build_ok(d, &dir, &["-t", "prune:1"]);
     assert!(!miss.contains("Using cache"), "{miss}");
+}
+
+fn vessel(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(vessel_testkit::cargo_bin("vessel"))
+        .arg("-H")
+        .arg(format!("unix://{}", d.sock.display()))
+        .args(args)
+        .env("DOCKER_CONFIG", d.tmp.join("docker-config"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// What the RUN containers see of their limits, through the docker CLI
+/// and through `vessel build`.
+fn run_limits_reach_the_run_containers(d: &Daemon) {
+    let dir = context(
+        d,
+        "ctx-limits",
+        "FROM busybox\n\
+         RUN echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) \
+             shares=$(cat /sys/fs/cgroup/cpu/cpu.shares) \
+             shm=$(df -k /dev/shm | tail -1 | awk '{print $2}') \
+             nofile=$(ulimit -n) && (grep myhost /etc/hosts || true)\n",
+    );
+    let out = build_ok(
+        d,
+        &dir,
+        &[
+            "--no-cache",
+            "--memory",
+            "64m",
+            "--shm-size",
+            "32m",
+            "--cpu-shares",
+            "512",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--add-host",
+            "myhost:10.1.2.3",
+            "-t",
+            "limits:1",
+        ],
+    );
+    assert!(
+        out.contains("mem=67108864 shares=512 shm=32768 nofile=1024"),
+        "{out}"
+    );
+    assert!(out.contains("10.1.2.3\tmyhost"), "{out}");
+    // The /etc/hosts mount point is not part of the layer: the same step
+    // without --add-host makes the same layer.
+    build_ok(d, &dir, &["--no-cache", "-t", "limits:2"]);
+    assert_eq!(
+        inspect(d, "limits:1")["RootFS"]["Layers"],
+        inspect(d, "limits:2")["RootFS"]["Layers"]
+    );
+
+    let o = vessel(
+        d,
+        &[
+            "build",
+            "--no-cache",
+            "--memory",
+            "48m",
+            "--shm-size",
+            "16m",
+            "--cpu-shares",
+            "256",
+            "--ulimit",
+            "nofile=512:512",
+            "--add-host",
+            "myhost=10.9.8.7",
+            "--network",
+            "none",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "vessel build: {t}");
+    assert!(
+        t.contains("mem=50331648 shares=256 shm=16384 nofile=512"),
+        "{t}"
+    );
+    assert!(t.contains("10.9.8.7\tmyhost"), "{t}");
+
+    // Past the memory limit: the step is killed and the error says why.
+    let dir = context(
+        d,
+        "ctx-oom",
+        "FROM busybox\nRUN awk 'BEGIN { s = \"x\"; for (i = 0; i < 28; i++) s = s s; print length(s) }'\n",
+    );
+    let err = build_err(d, &dir, &["--no-cache", "--memory", "32m"]);
+    assert!(err.contains("returned a non-zero code: 137"), "{err}");
+    assert!(err.contains("memory limit of 33554432 bytes"), "{err}");
+
+    // Refused up front with a clear message.
+    let err = build_err(d, &dir, &["--ulimit", "nofile=30000:30000"]);
+    assert!(
+        err.contains(
+            "invalid ulimit nofile: hard limit 30000 is above the daemon's own hard limit"
+        ),
+        "{err}"
+    );
+    let err = build_err(d, &dir, &["--network", "bridge"]);
+    assert!(
+        err.contains("network mode \"bridge\" is not supported for builds"),
+        "{err}"
+    );
+    let err = build_err(d, &dir, &["--network", "container:x"]);
+    assert!(err.contains("use default, none or host"), "{err}");
+    d.ok(&["rmi", "limits:1", "limits:2"]);
+}
+
+/// A `vessel-registry` on loopback, port 0.
+struct Registry {
+    child: Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(root: &Path) -> Registry {
+        let mut child = Command::new(vessel_testkit::cargo_bin("vessel-registry"))
+            .args(["--addr", "127.0.0.1:0", "--log-json", "--root"])
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("registry exited before it listened");
+            };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "registry listening" {
+                break v["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Registry { child, addr }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--pull` re-resolves the base against its registry; without it the
+/// local image is used.
+fn pull_refreshes_the_base(d: &Daemon) {
+    let reg = Registry::start(&d.tmp.join("registry"));
+    let base = format!("{}/pull/base:latest", reg.addr);
+    let make = |version: &str| {
+        let dir = context(
+            d,
+            "ctx-base",
+            &format!("FROM busybox\nRUN echo {version} > /version\n"),
+        );
+        build_ok(d, &dir, &["-t", &base]);
+        let id = inspect(d, &base)["Id"].as_str().unwrap().to_string();
+        d.ok(&["push", &base]);
+        id
+    };
+    let v1 = make("v1");
+    let v2 = make("v2");
+    // Locally the tag names v1 again; the registry has v2.
+    d.ok(&["tag", &v1, &base]);
+    let dir = context(
+        d,
+        "ctx-pull",
+        &format!("FROM {base}\nRUN cat /version > /seen\nCMD [\"cat\", \"/seen\"]\n"),
+    );
+    build_ok(d, &dir, &["-t", "pulled:1"]);
+    assert_eq!(d.ok(&["run", "--rm", "pulled:1"]).trim(), "v1");
+    let out = build_ok(d, &dir, &["--pull", "-t", "pulled:1"]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(d.ok(&["run", "--rm", "pulled:1"]).trim(), "v2");
+    assert_eq!(inspect(d, &base)["Id"], v2.as_str());
+    // Up to date now: the same base, so the cache holds.
+    let out = build_ok(d, &dir, &["--pull", "-t", "pulled:1"]);
+    assert!(out.contains("Image is up to date"), "{out}");
+    assert!(out.contains("Using cache"), "{out}");
+    // A base the registry does not have fails the build, naming it.
+    let missing = context(
+        d,
+        "ctx-pull-missing",
+        &format!("FROM {}/pull/nothing\nRUN true\n", reg.addr),
+    );
+    let err = build_err(d, &missing, &["--pull"]);
+    assert!(err.contains("pulling"), "{err}");
+    d.ok(&["rmi", "pulled:1", &base, &v1]);
+}
+
+/// `image prune` keeps the intermediates a child still builds on and
+/// removes a dangling image with the intermediates only it used;
+/// `prune -a` removes every unused image with its intermediates.
+fn image_prune_keeps_parents(d: &Daemon) {
+    let all_ids = || -> Vec<String> {
+        d.ok(&["images", "-a", "-q", "--no-trunc"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let step_ids = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(" ---> "))
+            .filter(|l| !l.starts_with("Running") && !l.starts_with("Using"))
+            .map(str::to_string)
+            .collect()
+    };
+    let has = |ids: &[String], short: &str| ids.iter().any(|i| i[7..].starts_with(short));
+    let dir = context(
+        d,
+        "ctx-prune-parents",
+        "FROM busybox\nRUN echo a > /a\nRUN echo b > /b\n",
+    );
+    let kept = step_ids(&build_ok(d, &dir, &["--no-cache", "-t", "prunechild:1"]));
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    // A dangling build on the same first step.
+    write(
+        &dir,
+        "Dockerfile",
+        "FROM busybox\nRUN echo a > /a\nRUN echo c > /c\n",
+    );
+    let dangling = step_ids(&build_ok(d, &dir, &[]));
+    assert_eq!(dangling.len(), 3, "{dangling:?}");
+
+    d.ok(&["image", "prune", "-f"]);
+    let ids = all_ids();
+    // The child's parent chain stays; the dangling top-level image goes.
+    assert!(
+        has(&ids, &kept[1]),
+        "intermediate {} pruned: {ids:?}",
+        kept[1]
+    );
+    assert!(has(&ids, &kept[2]), "{ids:?}");
+    assert!(
+        !has(&ids, &dangling[2]),
+        "dangling {} kept: {ids:?}",
+        dangling[2]
+    );
+    assert_eq!(
+        d.ok(&["run", "--rm", "prunechild:1", "cat", "/a", "/b"]),
+        "a\nb\n"
+    );
+
+    // `vessel image prune -a`: nothing unused stays, intermediates included.
+    let o = vessel(d, &["image", "prune", "-a", "-f"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ids = all_ids();
+    assert!(ids.is_empty(), "left after prune -a: {ids:?}");
 }

@@ -653,6 +653,21 @@ pub struct BuildArgs {
     /// Images to consider as cache sources
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
+    /// CPU shares (relative weight) of RUN steps
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<i64>,
+    /// Limit the CPU CFS (Completely Fair Scheduler) period of RUN steps
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<i64>,
+    /// Limit the CPU CFS (Completely Fair Scheduler) quota of RUN steps
+    #[arg(long = "cpu-quota")]
+    pub cpu_quota: Option<i64>,
+    /// CPUs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// MEMs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
     /// Name of the Dockerfile (default: "PATH/Dockerfile")
     #[arg(short = 'f', long = "file")]
     pub file: Option<String>,
@@ -668,6 +683,9 @@ pub struct BuildArgs {
     /// Memory limit
     #[arg(short = 'm', long)]
     pub memory: Option<String>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
     /// Set the networking mode for the RUN instructions during build
     #[arg(long)]
     pub network: Option<String>,
@@ -990,8 +1008,31 @@ pub async fn build(ctx: &Ctx, a: &BuildArgs) -> Result<i32> {
     if let Some(m) = &a.memory {
         q.push(("memory", units::ram_in_bytes(m)?.to_string()));
     }
+    if let Some(m) = &a.memory_swap {
+        let v = if m == "-1" {
+            "-1".to_string()
+        } else {
+            units::ram_in_bytes(m)?.to_string()
+        };
+        q.push(("memswap", v));
+    }
     if let Some(s) = &a.shm_size {
         q.push(("shmsize", units::ram_in_bytes(s)?.to_string()));
+    }
+    for (key, v) in [
+        ("cpushares", a.cpu_shares),
+        ("cpuperiod", a.cpu_period),
+        ("cpuquota", a.cpu_quota),
+    ] {
+        if let Some(v) = v {
+            q.push((key, v.to_string()));
+        }
+    }
+    if let Some(c) = &a.cpuset_cpus {
+        q.push(("cpusetcpus", c.clone()));
+    }
+    if let Some(m) = &a.cpuset_mems {
+        q.push(("cpusetmems", m.clone()));
     }
     if !a.cache_from.is_empty() {
         q.push(("cachefrom", json!(a.cache_from).to_string()));

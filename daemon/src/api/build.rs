@@ -13,8 +13,11 @@ use tokio::sync::mpsc;
 use super::{Body, Req, json, streaming};
 use crate::build::{self, BuildOptions, Builder};
 use crate::engine::Engine;
+use crate::engine::distribution::PullRequest;
 use crate::engine::error::{Error, Kind};
 use crate::engine::fs::ChanReader;
+use crate::engine::spec;
+use crate::engine::types::HostConfig;
 
 pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let p: Vec<&str> = req.parts.iter().map(String::as_str).collect();
@@ -74,6 +77,170 @@ fn line(key: &str, v: &serde_json::Value) -> Bytes {
     Bytes::from(b)
 }
 
+/// `networkmode`: the RUN containers' network. `default` (what the docker
+/// CLI sends without `--network`) and `none` give each RUN its own network
+/// namespace with only loopback; `host` shares the daemon's. Returns
+/// whether it is the host network.
+fn network_mode(mode: Option<&str>) -> Result<bool, Error> {
+    match mode.unwrap_or("") {
+        "" | "default" | "none" => Ok(false),
+        "host" => Ok(true),
+        "bridge" => Err(Error::invalid(
+            "network mode \"bridge\" is not supported for builds: RUN steps have only loopback (default, none) or the host network (host)",
+        )),
+        other => Err(Error::invalid(format!(
+            "network mode {other:?} is not supported for builds: use default, none or host"
+        ))),
+    }
+}
+
+fn int_param(q: &super::Query, key: &str) -> Result<i64, Error> {
+    match q.get(key).filter(|v| !v.is_empty()) {
+        None => Ok(0),
+        Some(v) => v
+            .parse()
+            .map_err(|_| Error::invalid(format!("invalid {key}: {v:?} is not an integer"))),
+    }
+}
+
+/// The RUN containers' limits from the query, checked and in OCI form.
+fn limits(q: &super::Query) -> Result<build::Limits, Error> {
+    let mut hc = HostConfig {
+        memory: int_param(q, "memory")?,
+        memory_swap: int_param(q, "memswap")?,
+        cpu_shares: int_param(q, "cpushares")?,
+        cpu_period: int_param(q, "cpuperiod")?,
+        cpu_quota: int_param(q, "cpuquota")?,
+        cpuset_cpus: q.str("cpusetcpus").to_string(),
+        cpuset_mems: q.str("cpusetmems").to_string(),
+        ..HostConfig::default()
+    };
+    if hc.memory < 0 || (hc.memory > 0 && hc.memory < 6 << 20) {
+        return Err(Error::invalid(
+            "invalid memory: the minimum allowed memory limit is 6MB",
+        ));
+    }
+    if hc.memory_swap > 0 && hc.memory > 0 && hc.memory_swap < hc.memory {
+        return Err(Error::invalid(
+            "invalid memswap: the memory and swap limit must be larger than the memory limit",
+        ));
+    }
+    if hc.memory_swap > 0 && hc.memory == 0 {
+        return Err(Error::invalid(
+            "invalid memswap: a memory and swap limit needs a memory limit",
+        ));
+    }
+    let shm = int_param(q, "shmsize")?;
+    if shm < 0 {
+        return Err(Error::invalid("invalid shmsize: it must not be negative"));
+    }
+    if let Some(raw) = q.get("ulimits").filter(|r| !r.is_empty() && *r != "null") {
+        hc.ulimits = serde_json::from_str(raw)
+            .map_err(|e| Error::invalid(format!("invalid ulimits: {e}")))?;
+    }
+    let rlimits = spec::rlimits(&hc.ulimits)?;
+    // Raising a hard limit needs CAP_SYS_RESOURCE: say so now, naming the
+    // limit, rather than failing every RUN.
+    for u in &hc.ulimits {
+        if let Some(cur) = current_hard_limit(&u.name) {
+            if u.hard < 0 || u.hard as u64 > cur {
+                return Err(Error::invalid(format!(
+                    "invalid ulimit {}: hard limit {} is above the daemon's own hard limit {cur}, which it cannot raise",
+                    u.name, u.hard
+                )));
+            }
+        }
+    }
+    let resources = spec::resources(&hc)?;
+    let empty = resources.as_object().is_none_or(serde_json::Map::is_empty);
+    Ok(build::Limits {
+        resources: (!empty).then_some(resources),
+        rlimits,
+        shm_size: shm as u64,
+    })
+}
+
+/// The daemon's hard limit for an rlimit name, if it is a known one and
+/// limited.
+fn current_hard_limit(name: &str) -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let res = match name {
+        "nofile" => Resource::RLIMIT_NOFILE,
+        "nproc" => Resource::RLIMIT_NPROC,
+        "core" => Resource::RLIMIT_CORE,
+        "memlock" => Resource::RLIMIT_MEMLOCK,
+        "stack" => Resource::RLIMIT_STACK,
+        "fsize" => Resource::RLIMIT_FSIZE,
+        "data" => Resource::RLIMIT_DATA,
+        "cpu" => Resource::RLIMIT_CPU,
+        "as" => Resource::RLIMIT_AS,
+        "locks" => Resource::RLIMIT_LOCKS,
+        "sigpending" => Resource::RLIMIT_SIGPENDING,
+        "msgqueue" => Resource::RLIMIT_MSGQUEUE,
+        "nice" => Resource::RLIMIT_NICE,
+        "rtprio" => Resource::RLIMIT_RTPRIO,
+        "rttime" => Resource::RLIMIT_RTTIME,
+        _ => return None,
+    };
+    let (_, hard) = getrlimit(res).ok()?;
+    (hard != nix::sys::resource::RLIM_INFINITY).then_some(hard)
+}
+
+/// `extrahosts`: `name:address` entries, one per parameter or
+/// comma-separated.
+fn extra_hosts(raw: &[String]) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for entry in raw.iter().flat_map(|r| r.split(',')) {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let (name, addr) = entry.split_once(['=', ':']).ok_or_else(|| {
+            Error::invalid(format!("invalid extra host {entry:?}: use name:address"))
+        })?;
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        if name.is_empty() || addr.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::invalid(format!(
+                "invalid extra host {entry:?}: use name:address with an IP address"
+            )));
+        }
+        out.push((name.to_string(), addr.to_string()));
+    }
+    Ok(out)
+}
+
+/// Pulls for `--pull` through the engine, forwarding its status lines to
+/// the build output. Runs on the builder's blocking threads.
+fn puller(engine: &Arc<Engine>, rt: tokio::runtime::Handle) -> build::Puller {
+    let engine = engine.clone();
+    build::Puller(Arc::new(move |reference: &str, out: &build::Output| {
+        let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
+        let request = PullRequest {
+            reference: reference.to_string(),
+            platform: String::new(),
+            auth: None,
+        };
+        let engine = engine.clone();
+        let out = out.clone();
+        rt.block_on(async move {
+            let task = tokio::spawn(async move { engine.image_pull(request, tx).await });
+            while let Some(m) = rx.recv().await {
+                let status = m["status"].as_str().unwrap_or_default();
+                // Per-layer progress is noise in a build log; keep the
+                // summary lines.
+                if !status.is_empty() && m["id"].is_null() {
+                    out(format!("{status}\n"));
+                }
+            }
+            match task.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.message),
+                Err(e) => Err(format!("task failed: {e}")),
+            }
+        })
+    }))
+}
+
 fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let q = req.query.clone();
     let builder = builder(&engine)?;
@@ -95,7 +262,12 @@ fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
             .get("platform")
             .filter(|p| !p.is_empty())
             .map(str::to_string),
-        host_network: q.get("networkmode") == Some("host"),
+        host_network: network_mode(q.get("networkmode"))?,
+        pull: q
+            .bool("pull")
+            .then(|| puller(&engine, tokio::runtime::Handle::current())),
+        limits: limits(&q)?,
+        extra_hosts: extra_hosts(&q.all("extrahosts"))?,
     };
     if let Some(remote) = q.get("remote").filter(|r| !r.is_empty()) {
         return Err(Error::new(

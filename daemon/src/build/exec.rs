@@ -82,8 +82,14 @@ pub enum Error {
     },
     #[error("Cannot locate specified Dockerfile: {0}")]
     NoDockerfile(String),
-    #[error("The command '{command}' returned a non-zero code: {code}")]
-    RunFailed { command: String, code: i32 },
+    #[error("The command '{command}' returned a non-zero code: {code}{hint}")]
+    RunFailed {
+        command: String,
+        code: i32,
+        /// What the code most likely means, with a leading separator, or
+        /// empty.
+        hint: String,
+    },
     #[error("forbidden path outside the build context: {0}")]
     OutsideContext(String),
     #[error(
@@ -108,6 +114,8 @@ pub enum Error {
     },
     #[error("build task failed: {0}")]
     Task(String),
+    #[error("pulling {reference}: {reason}")]
+    Pull { reference: String, reason: String },
 }
 
 impl Error {
@@ -148,6 +156,29 @@ pub struct BuildOptions {
     pub platform: Option<String>,
     /// Run every RUN in the host network (`--network host`).
     pub host_network: bool,
+    /// Re-resolve every FROM image against its registry (`--pull`), with
+    /// this puller.
+    pub pull: Option<Puller>,
+    /// Limits for every RUN container.
+    pub limits: run::Limits,
+    /// `--add-host` entries as (name, address), added to /etc/hosts of
+    /// every RUN container.
+    pub extra_hosts: Vec<(String, String)>,
+}
+
+/// Pulls an image reference into the store (blocking), reporting progress
+/// lines through the output. The API layer supplies it: pulling needs the
+/// daemon's registry clients, which this module does not own.
+#[derive(Clone)]
+pub struct Puller(pub Arc<PullFn>);
+
+/// Pull one reference; the error is the message to show.
+pub type PullFn = dyn Fn(&str, &Output) -> std::result::Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Puller")
+    }
 }
 
 /// The result of a build.
@@ -219,6 +250,9 @@ struct Ctx {
     tmp: PathBuf,
     /// Stage names and indexes to their position, for `--from`.
     names: HashMap<String, usize>,
+    /// Base images already pulled by this build (`--pull`), with the
+    /// outcome, so stages sharing a base pull it once.
+    pulled: std::sync::Mutex<HashMap<String, std::result::Result<(), String>>>,
 }
 
 fn now_ns() -> u128 {
@@ -513,6 +547,7 @@ impl Builder {
             first_step,
             total: n,
             names,
+            pulled: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -561,6 +596,22 @@ impl Builder {
                 )
             }
             Base::Image(reference) => {
+                if let Some(p) = &ctx.opts.pull {
+                    let mut pulled = ctx
+                        .pulled
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let r = pulled
+                        .entry(reference.clone())
+                        .or_insert_with(|| (p.0)(reference, &ctx.out))
+                        .clone();
+                    r.map_err(|reason| {
+                        at(Error::Pull {
+                            reference: reference.clone(),
+                            reason,
+                        })
+                    })?;
+                }
                 let (config, layers) = self.image_state(reference).map_err(at)?;
                 let env = env_pairs(&config);
                 let key = hash_hex(&[b"image", config_id(&config).to_string().as_bytes()]);
@@ -761,7 +812,7 @@ impl Builder {
         }
 
         let t0 = std::time::Instant::now();
-        let step_root = self.step_root(ctx, state)?;
+        let step_root = self.step_root(ctx, state, matches!(step, Step::Run(_)))?;
         let t_mount = t0.elapsed();
         let created_by = match &step {
             Step::Run(r) => {
@@ -834,7 +885,7 @@ impl Builder {
     }
 
     /// Mount the parent's layers with a fresh upper directory.
-    fn step_root(&self, ctx: &Ctx, state: &State) -> Result<StepRoot> {
+    fn step_root(&self, ctx: &Ctx, state: &State, run: bool) -> Result<StepRoot> {
         let (upper, work) = self.upper_and_work()?;
         let mut lowers: Vec<PathBuf> = state
             .layers
@@ -842,6 +893,11 @@ impl Builder {
             .rev()
             .map(|l| self.store.snapshots().path(&l.chain_id))
             .collect();
+        if run && !ctx.opts.extra_hosts.is_empty() {
+            if let Some(init) = self.init_layer(ctx, &lowers)? {
+                lowers.insert(0, init);
+            }
+        }
         if lowers.is_empty() {
             let empty = ctx.tmp.join("empty");
             fs::create_dir_all(&empty).map_err(io_err("create directory", &empty))?;
@@ -1122,7 +1178,11 @@ impl Builder {
                 }
             }
         }
-        let host_network = ctx.opts.host_network || r.network == Network::Host;
+        let host_network = match r.network {
+            Network::Host => true,
+            Network::None => false,
+            Network::Default => ctx.opts.host_network,
+        };
         if host_network {
             for f in ["/etc/resolv.conf", "/etc/hosts"] {
                 if Path::new(f).is_file()
@@ -1136,6 +1196,10 @@ impl Builder {
                     });
                 }
             }
+        }
+        if !ctx.opts.extra_hosts.is_empty() {
+            mounts.retain(|m| m.destination != "/etc/hosts");
+            Self::extra_hosts(ctx, &bundle, host_network, &mut mounts)?;
         }
         let id = format!(
             "build-{}",
@@ -1152,6 +1216,7 @@ impl Builder {
             additional_gids: ident.additional_gids,
             host_network,
             mounts,
+            limits: ctx.opts.limits.clone(),
         };
         let out = ctx.out.clone();
         let code = run::run(
@@ -1166,9 +1231,92 @@ impl Builder {
         let _ = fs::remove_dir_all(&bundle);
         let command = args.join(" ");
         if code != 0 {
-            return Err(Error::RunFailed { command, code });
+            let memory = ctx
+                .opts
+                .limits
+                .resources
+                .as_ref()
+                .and_then(|r| r["memory"]["limit"].as_i64());
+            let hint = match memory {
+                Some(m) if code == 137 => format!(
+                    ": the step was killed, most likely by the out-of-memory killer at the build's memory limit of {m} bytes (--memory)"
+                ),
+                _ => String::new(),
+            };
+            return Err(Error::RunFailed {
+                command,
+                code,
+                hint,
+            });
         }
         Ok(command)
+    }
+
+    /// For a RUN whose image has no /etc/hosts to mount the build's hosts
+    /// file on: a read-only layer with an empty /etc/hosts (and /etc with
+    /// the image's mode and owner) to put over the image's layers, so the
+    /// mount point never lands in the step's own layer. This is Docker's
+    /// init layer.
+    fn init_layer(&self, ctx: &Ctx, lowers: &[PathBuf]) -> Result<Option<PathBuf>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut etc_meta = None;
+        for l in lowers {
+            let root = Root::open(l)?;
+            if root.resolve_nofollow(Path::new("etc/hosts"))?.is_some() {
+                return Ok(None);
+            }
+            if etc_meta.is_none() {
+                etc_meta = root
+                    .resolve(Path::new("etc"))?
+                    .and_then(|p| fs::metadata(p).ok());
+            }
+        }
+        let init = ctx.tmp.join(format!(
+            "init-{}",
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let etc = init.join("etc");
+        fs::create_dir_all(&etc).map_err(io_err("create directory", &etc))?;
+        if let Some(m) = etc_meta {
+            fs::set_permissions(&etc, fs::Permissions::from_mode(m.mode() & 0o7777))
+                .map_err(io_err("chmod", &etc))?;
+            std::os::unix::fs::chown(&etc, Some(m.uid()), Some(m.gid()))
+                .map_err(io_err("chown", &etc))?;
+        }
+        let hosts = etc.join("hosts");
+        fs::write(&hosts, "").map_err(io_err("create", &hosts))?;
+        Ok(Some(init))
+    }
+
+    /// /etc/hosts with the build's `--add-host` entries, bind-mounted over
+    /// the image's (or the init layer's, see `init_layer`).
+    fn extra_hosts(
+        ctx: &Ctx,
+        bundle: &Path,
+        host_network: bool,
+        mounts: &mut Vec<run::ExtraMount>,
+    ) -> Result<()> {
+        use std::fmt::Write as _;
+        let mut hosts = if host_network {
+            fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        };
+        if !hosts.is_empty() && !hosts.ends_with('\n') {
+            hosts.push('\n');
+        }
+        for (name, addr) in &ctx.opts.extra_hosts {
+            let _ = writeln!(hosts, "{addr}\t{name}");
+        }
+        let file = bundle.join("hosts");
+        fs::write(&file, hosts).map_err(io_err("write", &file))?;
+        mounts.push(run::ExtraMount {
+            destination: "/etc/hosts".into(),
+            kind: "bind",
+            source: file,
+            options: vec!["rbind".into()],
+        });
+        Ok(())
     }
 
     /// Resolve COPY/ADD sources and checksum what they read.

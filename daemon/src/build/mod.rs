@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use exec::{BuildOptions, Builder, Error, Outcome, Output, Result};
+pub use exec::{BuildOptions, Builder, Error, Outcome, Output, Puller, Result};
+pub use run::Limits;
 
 use crate::images::ImageStore;
 

@@ -5,8 +5,10 @@
 //!
 //! The container gets Docker's default capabilities, seccomp profile,
 //! device rules and mounts, its own
-//! pid, ipc, uts and mount namespaces, and a network namespace with only
-//! loopback unless the step asked for the host network. This module does
+//! pid, ipc, uts, cgroup and mount namespaces, and a network namespace with
+//! only loopback unless the step asked for the host network, and the
+//! build's resource limits (cgroup memory and cpu, rlimits, /dev/shm size)
+//! through the same runtime as every container. This module does
 //! not mount the rootfs or turn it into a layer.
 
 use std::io::{BufRead, BufReader};
@@ -53,6 +55,20 @@ pub struct Spec {
     pub additional_gids: Vec<u32>,
     pub host_network: bool,
     pub mounts: Vec<ExtraMount>,
+    pub limits: Limits,
+}
+
+/// Resource limits every RUN container of a build gets (`docker build
+/// --memory`, `--cpu-shares`, `--shm-size`, `--ulimit`, ...), already in
+/// OCI form.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// `linux.resources` without device rules: memory, cpu, pids.
+    pub resources: Option<Value>,
+    /// `process.rlimits`.
+    pub rlimits: Vec<Value>,
+    /// Size of /dev/shm in bytes; 0 is Docker's default of 64 MiB.
+    pub shm_size: u64,
 }
 
 /// Find the `vessel-runtime` binary: next to the running daemon, else on
@@ -83,17 +99,26 @@ fn config(spec: &Spec, rootfs: &Path) -> Result<Value> {
         json!({"type": "pid"}),
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
+        json!({"type": "cgroup"}),
     ];
     if !spec.host_network {
         namespaces.push(json!({"type": "network"}));
     }
+    let shm_size = if spec.limits.shm_size > 0 {
+        spec.limits.shm_size
+    } else {
+        64 << 20
+    };
+    let mut resources = spec.limits.resources.clone().unwrap_or_else(|| json!({}));
+    resources["devices"] = json!([{"allow": false, "access": "rwm"}]);
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={shm_size}")]}),
     ];
     for m in &spec.mounts {
         mounts.push(json!({
@@ -113,6 +138,7 @@ fn config(spec: &Spec, rootfs: &Path) -> Result<Value> {
             "cwd": spec.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": false,
+            "rlimits": spec.limits.rlimits,
         },
         "root": {"path": rootfs, "readonly": false},
         "hostname": "buildkitsandbox",
@@ -122,7 +148,7 @@ fn config(spec: &Spec, rootfs: &Path) -> Result<Value> {
             // A Dockerfile is untrusted input: RUN gets the same defences
             // as a container (no device access but the runtime's defaults,
             // Docker's seccomp profile for these capabilities).
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "resources": resources,
             "seccomp": seccomp,
             "maskedPaths": ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",

@@ -331,6 +331,103 @@ fn rlimit_name(name: &str) -> Result<String> {
     }
 }
 
+/// OCI process rlimits for Docker ulimits.
+pub fn rlimits(ulimits: &[Ulimit]) -> Result<Vec<Value>> {
+    ulimits
+        .iter()
+        .map(|u| -> Result<Value> {
+            if u.soft > u.hard {
+                return Err(Error::invalid(format!(
+                    "invalid ulimit {}: soft limit {} is above the hard limit {}",
+                    u.name, u.soft, u.hard
+                )));
+            }
+            Ok(json!({"type": rlimit_name(&u.name)?, "soft": u.soft, "hard": u.hard}))
+        })
+        .collect()
+}
+
+/// The OCI `linux.resources` (memory, cpu, pids, block I/O) for a host
+/// configuration, without device rules.
+pub fn resources(hc: &HostConfig) -> Result<Value> {
+    let mut resources = json!({});
+    let mut memory = serde_json::Map::new();
+    if hc.memory > 0 {
+        memory.insert("limit".into(), json!(hc.memory));
+        // Docker's default: swap limited to the same amount again.
+        let swap = match hc.memory_swap {
+            0 => hc.memory * 2,
+            -1 => -1,
+            s => s,
+        };
+        memory.insert("swap".into(), json!(swap));
+    }
+    if hc.memory_reservation > 0 {
+        memory.insert("reservation".into(), json!(hc.memory_reservation));
+    }
+    if hc.oom_kill_disable == Some(true) {
+        memory.insert("disableOOMKiller".into(), json!(true));
+    }
+    if let Some(s) = hc.memory_swappiness.filter(|s| *s >= 0) {
+        memory.insert("swappiness".into(), json!(s));
+    }
+    if !memory.is_empty() {
+        resources["memory"] = Value::Object(memory);
+    }
+    let mut cpu = serde_json::Map::new();
+    if hc.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(hc.cpu_shares));
+    }
+    if hc.nano_cpus > 0 {
+        let period = 100_000i64;
+        cpu.insert("period".into(), json!(period));
+        cpu.insert("quota".into(), json!(hc.nano_cpus * period / 1_000_000_000));
+    } else {
+        if hc.cpu_period > 0 {
+            cpu.insert("period".into(), json!(hc.cpu_period));
+        }
+        if hc.cpu_quota != 0 {
+            cpu.insert("quota".into(), json!(hc.cpu_quota));
+        }
+    }
+    if !hc.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(hc.cpuset_cpus));
+    }
+    if !hc.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(hc.cpuset_mems));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if let Some(p) = hc.pids_limit.filter(|p| *p != 0) {
+        resources["pids"] = json!({"limit": if p < 0 { -1 } else { p }});
+    }
+    let mut blkio = serde_json::Map::new();
+    if hc.blkio_weight > 0 {
+        blkio.insert("weight".into(), json!(hc.blkio_weight));
+    }
+    for (key, list) in [
+        ("throttleReadBpsDevice", &hc.blkio_device_read_bps),
+        ("throttleWriteBpsDevice", &hc.blkio_device_write_bps),
+        ("throttleReadIOPSDevice", &hc.blkio_device_read_iops),
+        ("throttleWriteIOPSDevice", &hc.blkio_device_write_iops),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let mut out = Vec::new();
+        for t in list {
+            let (major, minor, _) = device_numbers(&t.path)?;
+            out.push(json!({"major": major, "minor": minor, "rate": t.rate}));
+        }
+        blkio.insert(key.into(), Value::Array(out));
+    }
+    if !blkio.is_empty() {
+        resources["blockIO"] = Value::Object(blkio);
+    }
+    Ok(resources)
+}
+
 /// Everything `build` needs besides the container record.
 pub struct SpecInputs<'a> {
     pub paths: &'a Paths,
@@ -396,13 +493,7 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
                 .map_err(|e| Error::from_err("default seccomp profile", &e))?;
         seccomp = Some(serde_json::to_value(profile).map_err(|e| Error::internal(e.to_string()))?);
     }
-    let rlimits: Vec<Value> = hc
-        .ulimits
-        .iter()
-        .map(|u: &Ulimit| -> Result<Value> {
-            Ok(json!({"type": rlimit_name(&u.name)?, "soft": u.soft, "hard": u.hard}))
-        })
-        .collect::<Result<_>>()?;
+    let rlimits = rlimits(&hc.ulimits)?;
 
     // Namespaces.
     let mut namespaces = vec![json!({"type": "mount"})];
@@ -483,81 +574,8 @@ pub fn build(c: &Container, inp: &SpecInputs<'_>) -> Result<Value> {
     }
 
     // Resources.
-    let mut resources = json!({"devices": device_rules});
-    let mut memory = serde_json::Map::new();
-    if hc.memory > 0 {
-        memory.insert("limit".into(), json!(hc.memory));
-        // Docker's default: swap limited to the same amount again.
-        let swap = match hc.memory_swap {
-            0 => hc.memory * 2,
-            -1 => -1,
-            s => s,
-        };
-        memory.insert("swap".into(), json!(swap));
-    }
-    if hc.memory_reservation > 0 {
-        memory.insert("reservation".into(), json!(hc.memory_reservation));
-    }
-    if hc.oom_kill_disable == Some(true) {
-        memory.insert("disableOOMKiller".into(), json!(true));
-    }
-    if let Some(s) = hc.memory_swappiness.filter(|s| *s >= 0) {
-        memory.insert("swappiness".into(), json!(s));
-    }
-    if !memory.is_empty() {
-        resources["memory"] = Value::Object(memory);
-    }
-    let mut cpu = serde_json::Map::new();
-    if hc.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(hc.cpu_shares));
-    }
-    if hc.nano_cpus > 0 {
-        let period = 100_000i64;
-        cpu.insert("period".into(), json!(period));
-        cpu.insert("quota".into(), json!(hc.nano_cpus * period / 1_000_000_000));
-    } else {
-        if hc.cpu_period > 0 {
-            cpu.insert("period".into(), json!(hc.cpu_period));
-        }
-        if hc.cpu_quota != 0 {
-            cpu.insert("quota".into(), json!(hc.cpu_quota));
-        }
-    }
-    if !hc.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(hc.cpuset_cpus));
-    }
-    if !hc.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(hc.cpuset_mems));
-    }
-    if !cpu.is_empty() {
-        resources["cpu"] = Value::Object(cpu);
-    }
-    if let Some(p) = hc.pids_limit.filter(|p| *p != 0) {
-        resources["pids"] = json!({"limit": if p < 0 { -1 } else { p }});
-    }
-    let mut blkio = serde_json::Map::new();
-    if hc.blkio_weight > 0 {
-        blkio.insert("weight".into(), json!(hc.blkio_weight));
-    }
-    for (key, list) in [
-        ("throttleReadBpsDevice", &hc.blkio_device_read_bps),
-        ("throttleWriteBpsDevice", &hc.blkio_device_write_bps),
-        ("throttleReadIOPSDevice", &hc.blkio_device_read_iops),
-        ("throttleWriteIOPSDevice", &hc.blkio_device_write_iops),
-    ] {
-        if list.is_empty() {
-            continue;
-        }
-        let mut out = Vec::new();
-        for t in list {
-            let (major, minor, _) = device_numbers(&t.path)?;
-            out.push(json!({"major": major, "minor": minor, "rate": t.rate}));
-        }
-        blkio.insert(key.into(), Value::Array(out));
-    }
-    if !blkio.is_empty() {
-        resources["blockIO"] = Value::Object(blkio);
-    }
+    let mut resources = resources(hc)?;
+    resources["devices"] = Value::Array(device_rules);
 
     let mut linux = json!({
         "namespaces": namespaces,

@@ -1106,8 +1106,11 @@ impl ImageStore {
         Ok(bytes)
     }
 
-    /// Remove dangling images (no tag, not held), or with `all` every image
-    /// not held, then collect garbage.
+    /// Remove dangling images (no tag, not held, no child image), or with
+    /// `all` every image not held and without a child, then collect
+    /// garbage. As in Docker, an image keeps its parent chain: an untagged
+    /// build intermediate stays while an image built on it exists, and goes
+    /// in the same prune as its last child.
     pub fn prune(&self, all: bool) -> Result<PruneReport> {
         let _gc = self
             .gc_lock
@@ -1119,12 +1122,44 @@ impl ImageStore {
             let mut images = Vec::new();
             let mut chains = Vec::new();
             let mut blobs = Vec::new();
-            for rec in tx.images()? {
-                let tagged = tags.iter().any(|(_, id)| *id == rec.id);
-                let held = holds.iter().any(|(_, id)| *id == rec.id);
-                if held || (tagged && !all) {
-                    continue;
+            let mut remaining: Vec<(ImageRecord, Vec<manifest::History>)> = tx
+                .images()?
+                .into_iter()
+                .map(|rec| {
+                    let history = self
+                        .content
+                        .read_blob(&rec.config.digest, JSON_LIMIT)
+                        .ok()
+                        .and_then(|b| ImageConfig::parse(&b).ok())
+                        .map(|c| c.history)
+                        .unwrap_or_default();
+                    (rec, history)
+                })
+                .collect();
+            // Rounds: what is prunable now, then the parents that lost
+            // their last child.
+            let mut doomed = Vec::new();
+            loop {
+                let round: Vec<usize> = (0..remaining.len())
+                    .filter(|&i| {
+                        let (rec, history) = &remaining[i];
+                        let tagged = tags.iter().any(|(_, id)| *id == rec.id);
+                        let held = holds.iter().any(|(_, id)| *id == rec.id);
+                        !held
+                            && (all || !tagged)
+                            && !remaining.iter().any(|(child, child_history)| {
+                                is_parent(rec, history, child, child_history)
+                            })
+                    })
+                    .collect();
+                if round.is_empty() {
+                    break;
                 }
+                for i in round.into_iter().rev() {
+                    doomed.push(remaining.swap_remove(i).0);
+                }
+            }
+            for rec in doomed {
                 for (t, id) in &tags {
                     if *id == rec.id {
                         tx.delete_tag(t)?;
@@ -1573,4 +1608,24 @@ impl ImageStore {
         let ids = self.record_images(lease, vec![img], &mut |_| {})?;
         Ok(ids.into_iter().next().expect("one image was recorded"))
     }
+}
+
+/// Whether `parent` is the parent of `child` in Docker's sense: the child
+/// was built on it, so its layers extend the parent's (or equal them, for
+/// steps that change only metadata) and its history extends the parent's.
+fn is_parent(
+    parent: &ImageRecord,
+    parent_history: &[manifest::History],
+    child: &ImageRecord,
+    child_history: &[manifest::History],
+) -> bool {
+    parent.id != child.id
+        && parent.layers.len() <= child.layers.len()
+        && parent
+            .layers
+            .iter()
+            .zip(&child.layers)
+            .all(|(a, b)| a.chain_id == b.chain_id)
+        && parent_history.len() < child_history.len()
+        && child_history.starts_with(parent_history)
 }

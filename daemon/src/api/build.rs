@@ -416,3 +416,41 @@ async fn prune(engine: Arc<Engine>) -> Result<Response<Body>, Error> {
         &serde_json::json!({"CachesDeleted": ids, "SpaceReclaimed": freed}),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_modes() {
+        assert!(!network_mode(None).unwrap());
+        assert!(!network_mode(Some("default")).unwrap());
+        assert!(!network_mode(Some("none")).unwrap());
+        assert!(network_mode(Some("host")).unwrap());
+        let e = network_mode(Some("bridge")).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidArgument, "{}", e.message);
+        assert!(
+            e.message.contains("\"bridge\" is not supported"),
+            "{}",
+            e.message
+        );
+        assert!(network_mode(Some("container:x")).is_err());
+    }
+
+    #[test]
+    fn extra_host_entries() {
+        let got =
+            extra_hosts(&["a:10.0.0.1,b=::1".to_string(), "c:[fe80::1]".to_string()]).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), "10.0.0.1".to_string()),
+                ("b".to_string(), "::1".to_string()),
+                ("c".to_string(), "fe80::1".to_string()),
+            ]
+        );
+        assert!(extra_hosts(&["nocolon".to_string()]).is_err());
+        assert!(extra_hosts(&["h:host-gateway".to_string()]).is_err());
+        assert!(extra_hosts(&[":1.2.3.4".to_string()]).is_err());
+    }
+}

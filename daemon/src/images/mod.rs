@@ -1629,3 +1629,83 @@ fn is_parent(
         && parent_history.len() < child_history.len()
         && child_history.starts_with(parent_history)
 }
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    fn desc(d: &Digest) -> Descriptor {
+        Descriptor {
+            media_type: String::new(),
+            digest: d.clone(),
+            size: 0,
+            urls: None,
+            annotations: None,
+            platform: None,
+        }
+    }
+
+    fn image(name: &str, chains: &[&str]) -> ImageRecord {
+        let id = Digest::sha256_of(name.as_bytes());
+        ImageRecord {
+            id: id.clone(),
+            manifest: desc(&id),
+            config: desc(&id),
+            layers: chains
+                .iter()
+                .map(|c| {
+                    let d = Digest::sha256_of(c.as_bytes());
+                    LayerRecord {
+                        blob: desc(&d),
+                        diff_id: d.clone(),
+                        chain_id: d,
+                    }
+                })
+                .collect(),
+            added: 0,
+            size: 0,
+            repo_digests: Vec::new(),
+            indexes: Vec::new(),
+        }
+    }
+
+    fn history(steps: &[&str]) -> Vec<manifest::History> {
+        steps
+            .iter()
+            .map(|s| manifest::History {
+                created_by: Some((*s).to_string()),
+                ..manifest::History::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parents_are_images_a_child_builds_on() {
+        let base = image("base", &["a"]);
+        let run = image("run", &["a", "b"]);
+        let cmd = image("cmd", &["a", "b"]);
+        let other = image("other", &["x", "b"]);
+        let (hb, hr, hc) = (
+            history(&["base"]),
+            history(&["base", "run"]),
+            history(&["base", "run", "cmd"]),
+        );
+        // Layers extend and history extends.
+        assert!(is_parent(&base, &hb, &run, &hr));
+        assert!(is_parent(&base, &hb, &cmd, &hc));
+        // Same layers, one more (metadata) history entry.
+        assert!(is_parent(&run, &hr, &cmd, &hc));
+        // Never the other way, never itself.
+        assert!(!is_parent(&cmd, &hc, &run, &hr));
+        assert!(!is_parent(&run, &hr, &run, &hr));
+        // Same layers but a history that does not extend: not a child.
+        assert!(!is_parent(
+            &run,
+            &hr,
+            &cmd,
+            &history(&["base", "other", "cmd"])
+        ));
+        // Another chain.
+        assert!(!is_parent(&base, &hb, &other, &history(&["base", "x"])));
+    }
+}

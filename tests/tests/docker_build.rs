@@ -841,17 +841,36 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
     d.ok(&["rmi", "limits:1", "limits:2"]);
 }
 
-/// A `vessel-registry` on loopback, port 0.
+/// A `vessel-registry` on loopback, port 0, that wants a user and
+/// password.
 struct Registry {
     child: Child,
     addr: String,
 }
 
 impl Registry {
-    fn start(root: &Path) -> Registry {
+    fn start(root: &Path, user: &str, password: &str) -> Registry {
+        std::fs::create_dir_all(root).unwrap();
+        let mut h = Command::new(vessel_testkit::cargo_bin("vessel-registry"))
+            .args(["htpasswd", user, "--cost", "4"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        h.stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        let out = h.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let htpasswd = root.join("htpasswd");
+        std::fs::write(&htpasswd, &out.stdout).unwrap();
         let mut child = Command::new(vessel_testkit::cargo_bin("vessel-registry"))
-            .args(["--addr", "127.0.0.1:0", "--log-json", "--root"])
-            .arg(root)
+            .args(["--addr", "127.0.0.1:0", "--log-json", "--htpasswd"])
+            .arg(&htpasswd)
+            .arg("--root")
+            .arg(root.join("storage"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -881,10 +900,21 @@ impl Drop for Registry {
     }
 }
 
-/// `--pull` re-resolves the base against its registry; without it the
-/// local image is used.
+/// `--pull` re-resolves the base against its registry (with the
+/// credentials the CLI sends in X-Registry-Config); without it the local
+/// image is used.
 fn pull_refreshes_the_base(d: &Daemon) {
-    let reg = Registry::start(&d.tmp.join("registry"));
+    let reg = Registry::start(&d.tmp.join("registry"), "builder", "s3cret");
+    let mut login = d.docker();
+    login
+        .args(["login", "-u", "builder", "--password-stdin", &reg.addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "docker login: {}", text(&out));
     let base = format!("{}/pull/base:latest", reg.addr);
     let make = |version: &str| {
         let dir = context(
@@ -924,6 +954,13 @@ fn pull_refreshes_the_base(d: &Daemon) {
     );
     let err = build_err(d, &missing, &["--pull"]);
     assert!(err.contains("pulling"), "{err}");
+    // Without credentials the registry refuses the pull.
+    d.ok(&["logout", &reg.addr]);
+    let err = build_err(d, &dir, &["--pull"]);
+    assert!(
+        err.contains("pulling") && err.contains("authentication required"),
+        "{err}"
+    );
     d.ok(&["rmi", "pulled:1", &base, &v1]);
 }
 

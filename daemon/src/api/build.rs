@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::{Body, Req, json, streaming};
 use crate::build::{self, BuildOptions, Builder};
 use crate::engine::Engine;
-use crate::engine::distribution::PullRequest;
+use crate::engine::distribution::{AuthConfig, PullRequest};
 use crate::engine::error::{Error, Kind};
 use crate::engine::fs::ChanReader;
 use crate::engine::spec;
@@ -22,7 +22,16 @@ use crate::engine::types::HostConfig;
 pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
     let p: Vec<&str> = req.parts.iter().map(String::as_str).collect();
     match (&req.method, p.as_slice()) {
-        (&Method::POST, ["build"]) => build(engine, req),
+        (&Method::POST, ["build"]) => match build(engine, req) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // Refused before the context was read: read it anyway (up
+                // to a bound), or the client, still sending, sees a broken
+                // pipe instead of the error.
+                discard_body(req, 256 << 20).await;
+                Err(e)
+            }
+        },
         (&Method::POST, ["build", "prune"]) => prune(engine).await,
         (&Method::POST, ["build", "cancel"]) => Ok(super::status(StatusCode::OK)),
         _ => Err(Error::not_found(format!(
@@ -30,6 +39,17 @@ pub async fn route(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>,
             req.method,
             p.join("/")
         ))),
+    }
+}
+
+async fn discard_body(req: &mut Req, limit: usize) {
+    let mut rx = req.body_stream();
+    let mut seen = 0;
+    while let Some(b) = rx.recv().await {
+        seen += b.len();
+        if seen > limit {
+            return;
+        }
     }
 }
 
@@ -211,14 +231,24 @@ fn extra_hosts(raw: &[String]) -> Result<Vec<(String, String)>, Error> {
 
 /// Pulls for `--pull` through the engine, forwarding its status lines to
 /// the build output. Runs on the builder's blocking threads.
-fn puller(engine: &Arc<Engine>, rt: tokio::runtime::Handle) -> build::Puller {
+/// Credentials come from the request's `X-Registry-Config`, by registry.
+fn puller(
+    engine: &Arc<Engine>,
+    rt: tokio::runtime::Handle,
+    registry_config: String,
+) -> build::Puller {
     let engine = engine.clone();
     build::Puller(Arc::new(move |reference: &str, out: &build::Output| {
         let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
+        let registry = vessel_registry::client::Reference::parse(reference)
+            .map(|r| r.registry)
+            .unwrap_or_default();
+        let auth =
+            AuthConfig::from_config_header(&registry_config, &registry).map_err(|e| e.message)?;
         let request = PullRequest {
             reference: reference.to_string(),
             platform: String::new(),
-            auth: None,
+            auth,
         };
         let engine = engine.clone();
         let out = out.clone();
@@ -263,9 +293,16 @@ fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
             .filter(|p| !p.is_empty())
             .map(str::to_string),
         host_network: network_mode(q.get("networkmode"))?,
-        pull: q
-            .bool("pull")
-            .then(|| puller(&engine, tokio::runtime::Handle::current())),
+        pull: q.bool("pull").then(|| {
+            let config = req
+                .head
+                .headers
+                .get("x-registry-config")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            puller(&engine, tokio::runtime::Handle::current(), config)
+        }),
         limits: limits(&q)?,
         extra_hosts: extra_hosts(&q.all("extrahosts"))?,
     };

@@ -67,6 +67,39 @@ impl AuthConfig {
         Ok(Some(a))
     }
 
+    /// Decode an `X-Registry-Config` header (base64url JSON: registry
+    /// server address to credentials, what the docker CLI sends with a
+    /// build) and pick the entry for `registry` (a normalized host, as in
+    /// a parsed reference).
+    pub fn from_config_header(v: &str, registry: &str) -> Result<Option<AuthConfig>> {
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let trimmed = v.trim_end_matches('=');
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+            .map_err(|_| Error::invalid("X-Registry-Config is not valid base64"))?;
+        let all: BTreeMap<String, AuthConfig> = serde_json::from_slice(&raw)
+            .map_err(|e| Error::invalid(format!("X-Registry-Config is not valid JSON: {e}")))?;
+        let host = |server: &str| -> String {
+            let s = server
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            let s = s.split('/').next().unwrap_or_default();
+            match s {
+                "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".into(),
+                other => other.to_string(),
+            }
+        };
+        let want = host(registry);
+        Ok(all
+            .into_iter()
+            .find(|(k, _)| host(k) == want)
+            .map(|(_, a)| a))
+    }
+
     fn credentials(&self) -> Option<Credentials> {
         if !self.identity_token.is_empty() {
             return Some(Credentials::IdentityToken(self.identity_token.clone()));

@@ -750,6 +750,8 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
         "FROM busybox\n\
          RUN echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) \
              shares=$(cat /sys/fs/cgroup/cpu/cpu.shares) \
+             quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)/$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us) \
+             cpus=$(cat /sys/fs/cgroup/cpuset/cpuset.cpus) \
              shm=$(df -k /dev/shm | tail -1 | awk '{print $2}') \
              nofile=$(ulimit -n) && (grep myhost /etc/hosts || true)\n",
     );
@@ -764,6 +766,12 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
             "32m",
             "--cpu-shares",
             "512",
+            "--cpu-period",
+            "100000",
+            "--cpu-quota",
+            "50000",
+            "--cpuset-cpus",
+            "0",
             "--ulimit",
             "nofile=1024:1024",
             "--add-host",
@@ -773,7 +781,7 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
         ],
     );
     assert!(
-        out.contains("mem=67108864 shares=512 shm=32768 nofile=1024"),
+        out.contains("mem=67108864 shares=512 quota=50000/100000 cpus=0 shm=32768 nofile=1024"),
         "{out}"
     );
     assert!(out.contains("10.1.2.3\tmyhost"), "{out}");
@@ -796,6 +804,12 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
             "16m",
             "--cpu-shares",
             "256",
+            "--cpu-period",
+            "50000",
+            "--cpu-quota",
+            "25000",
+            "--cpuset-cpus",
+            "0",
             "--ulimit",
             "nofile=512:512",
             "--add-host",
@@ -808,7 +822,7 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
     let t = text(&o);
     assert!(o.status.success(), "vessel build: {t}");
     assert!(
-        t.contains("mem=50331648 shares=256 shm=16384 nofile=512"),
+        t.contains("mem=50331648 shares=256 quota=25000/50000 cpus=0 shm=16384 nofile=512"),
         "{t}"
     );
     assert!(t.contains("10.9.8.7\tmyhost"), "{t}");

@@ -578,6 +578,26 @@ mod tests {
     }
 
     #[test]
+    fn registry_config_picks_the_registry() {
+        let raw = r#"{"https://index.docker.io/v1/":{"username":"hub"},"127.0.0.1:5000":{"username":"local"}}"#;
+        let enc = base64::engine::general_purpose::URL_SAFE.encode(raw);
+        let pick = |r: &str| {
+            AuthConfig::from_config_header(&enc, r)
+                .unwrap()
+                .map(|a| a.username)
+        };
+        assert_eq!(pick("docker.io").as_deref(), Some("hub"));
+        assert_eq!(pick("127.0.0.1:5000").as_deref(), Some("local"));
+        assert_eq!(pick("127.0.0.1:5001"), None);
+        assert!(
+            AuthConfig::from_config_header("", "docker.io")
+                .unwrap()
+                .is_none()
+        );
+        assert!(AuthConfig::from_config_header("!!", "docker.io").is_err());
+    }
+
+    #[test]
     fn hosts_and_bars() {
         assert_eq!(registry_host("https://index.docker.io/v1/"), "docker.io");
         assert_eq!(registry_host("http://127.0.0.1:5000"), "127.0.0.1:5000");

@@ -968,6 +968,11 @@ fn pull_refreshes_the_base(d: &Daemon) {
     );
     let err = build_err(d, &missing, &["--pull"]);
     assert!(err.contains("pulling"), "{err}");
+    // A base missing locally is pulled without --pull too.
+    d.ok(&["rmi", "pulled:1", &base]);
+    let out = build_ok(d, &dir, &["-t", "pulled:1"]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(d.ok(&["run", "--rm", "pulled:1"]).trim(), "v2");
     // Without credentials the registry refuses the pull.
     d.ok(&["logout", &reg.addr]);
     let err = build_err(d, &dir, &["--pull"]);

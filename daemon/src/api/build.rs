@@ -293,16 +293,17 @@ fn build(engine: Arc<Engine>, req: &mut Req) -> Result<Response<Body>, Error> {
             .filter(|p| !p.is_empty())
             .map(str::to_string),
         host_network: network_mode(q.get("networkmode"))?,
-        pull: q.bool("pull").then(|| {
-            let config = req
-                .head
+        pull: q.bool("pull"),
+        puller: Some(puller(
+            &engine,
+            tokio::runtime::Handle::current(),
+            req.head
                 .headers
                 .get("x-registry-config")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
-                .to_string();
-            puller(&engine, tokio::runtime::Handle::current(), config)
-        }),
+                .to_string(),
+        )),
         limits: limits(&q)?,
         extra_hosts: extra_hosts(&q.all("extrahosts"))?,
     };

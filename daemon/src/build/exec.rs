@@ -156,9 +156,11 @@ pub struct BuildOptions {
     pub platform: Option<String>,
     /// Run every RUN in the host network (`--network host`).
     pub host_network: bool,
-    /// Re-resolve every FROM image against its registry (`--pull`), with
-    /// this puller.
-    pub pull: Option<Puller>,
+    /// Re-resolve every FROM image against its registry (`--pull`).
+    pub pull: bool,
+    /// How to pull a FROM image: with `pull` every one, else those not in
+    /// the local store. Without a puller, base images must be local.
+    pub puller: Option<Puller>,
     /// Limits for every RUN container.
     pub limits: run::Limits,
     /// `--add-host` entries as (name, address), added to /etc/hosts of
@@ -596,7 +598,8 @@ impl Builder {
                 )
             }
             Base::Image(reference) => {
-                if let Some(p) = &ctx.opts.pull {
+                let wanted = ctx.opts.pull || self.store.resolve(reference).is_err();
+                if let Some(p) = ctx.opts.puller.as_ref().filter(|_| wanted) {
                     let mut pulled = ctx
                         .pulled
                         .lock()

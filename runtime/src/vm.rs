@@ -17,6 +17,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
@@ -87,7 +88,18 @@ pub enum Error {
     /// A host-side I/O operation failed.
     #[error("vm sandbox: {0}")]
     Io(&'static str, #[source] std::io::Error),
+    /// The guest did not get as far as its agent in time.
+    #[error(
+        "vm sandbox: the guest's agent was not ready within {0:?} (a hung guest kernel? \
+         the annotation {ANNOTATION_CONSOLE} names a file for its console)"
+    )]
+    BootTimeout(Duration),
 }
+
+/// How long a guest may take from the monitor's start to its agent's
+/// `Ready`. Booting takes well under a second on hardware KVM and a few
+/// seconds under nested emulation; a guest that takes this long has hung.
+pub const BOOT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -361,6 +373,11 @@ pub fn boot(plan: &Plan, work: &Path) -> Result<Booted> {
     let reader = host_end
         .try_clone()
         .map_err(|e| Error::Io("socket clone", e))?;
+    // The limit is on the socket, so it holds for the clone the client
+    // reads; it is lifted once the agent is up.
+    host_end
+        .set_read_timeout(Some(BOOT_LIMIT))
+        .map_err(|e| Error::Io("socket timeout", e))?;
     let mut client = Client::new(reader).map_err(Error::Agent)?;
     let ready = match client.wait_ready() {
         Ok(r) => r,
@@ -368,9 +385,15 @@ pub fn boot(plan: &Plan, work: &Path) -> Result<Booted> {
             sandbox.vm().kill();
             let outcome = sandbox.wait();
             tracing::warn!(exit = ?outcome.exit, "vm ended before the agent was ready");
+            if is_timeout(&e) {
+                return Err(Error::BootTimeout(BOOT_LIMIT));
+            }
             return Err(Error::Agent(e));
         }
     };
+    host_end
+        .set_read_timeout(None)
+        .map_err(|e| Error::Io("socket timeout", e))?;
     Ok(Booted {
         sandbox,
         channel: host_end,
@@ -378,6 +401,24 @@ pub fn boot(plan: &Plan, work: &Path) -> Result<Booted> {
         ready,
         own_image,
     })
+}
+
+/// Whether the agent client gave up because the socket's read timeout
+/// expired.
+fn is_timeout(e: &vessel_agent::host::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -412,6 +453,20 @@ mod tests {
             rootfs: "/b/rootfs".into(),
             spec: s,
         }
+    }
+
+    #[test]
+    fn a_read_timeout_is_told_apart_from_other_agent_errors() {
+        let timeout = vessel_agent::host::Error::Io(std::io::ErrorKind::WouldBlock.into());
+        assert!(is_timeout(&timeout));
+        let reset = vessel_agent::host::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(!is_timeout(&reset));
+        assert!(!is_timeout(&vessel_agent::host::Error::Vanished("Ready")));
+        assert!(
+            Error::BootTimeout(BOOT_LIMIT)
+                .to_string()
+                .contains(ANNOTATION_CONSOLE)
+        );
     }
 
     #[test]

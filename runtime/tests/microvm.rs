@@ -32,6 +32,9 @@ const SCRIPT: &str = r#"
 mkdir -p /vm/cache /s /b /run/vr
 # A process that a signal kills is named in the kernel log.
 echo 1 > /proc/sys/kernel/print-fatal-signals
+# If the cases are still running after 5 minutes, something hangs: show
+# every task's stack and every process (seen with VESSEL_L1_CONSOLE=1).
+( sleep 300; echo "@@HUNG"; ps; echo 1 > /proc/sys/kernel/sysrq; echo t > /proc/sysrq-trigger; echo w > /proc/sysrq-trigger ) &
 cp /vm/layer.img /vm/cache/sha256-@KEY@.erofs
 layers='[{\"key\":\"sha256:@KEY@\",\"dir\":\"/nonexistent\"}]'
 # bundle NAME TERMINAL ARGS-JSON RESOURCES-JSON

@@ -443,9 +443,13 @@ fn tsc_khz() -> u64 {
 /// Boot L1 with `initrd` under TCG and return its console output. A
 /// watchdog kills QEMU after `limit` so a hung guest cannot hang CI.
 pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, String> {
+    // VESSEL_L1_CONSOLE=1 shows the console live and, with it, every
+    // kernel message (debugging a hung L1).
+    let live = std::env::var_os("VESSEL_L1_CONSOLE").is_some();
     let append = format!(
-        "console=ttyS0 tsc_early_khz={} lpj=8000000 panic=-1 quiet loglevel=1",
-        tsc_khz()
+        "console=ttyS0 tsc_early_khz={} lpj=8000000 panic=-1 {}",
+        tsc_khz(),
+        if live { "loglevel=7" } else { "quiet loglevel=1" }
     );
     let mut child = Command::new("qemu-system-x86_64")
         .args([
@@ -489,8 +493,6 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
         .map_err(|e| format!("starting qemu: {e}"))?;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
-    // VESSEL_L1_CONSOLE=1 shows the console live (debugging a hung L1).
-    let live = std::env::var_os("VESSEL_L1_CONSOLE").is_some();
     let reader = std::thread::spawn(move || {
         let mut s = Vec::new();
         let mut buf = [0u8; 4096];

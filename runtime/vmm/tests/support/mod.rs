@@ -449,7 +449,11 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
     let append = format!(
         "console=ttyS0 tsc_early_khz={} lpj=8000000 panic=-1 {}",
         tsc_khz(),
-        if live { "loglevel=7" } else { "quiet loglevel=1" }
+        if live {
+            "loglevel=7"
+        } else {
+            "quiet loglevel=1"
+        }
     );
     let mut child = Command::new("qemu-system-x86_64")
         .args([

@@ -1434,36 +1434,8 @@ fn parse_ipam(reqs: &[IpamRequest]) -> Result<Pools> {
                     what: "only one IPv6 subnet per network is supported".into(),
                 });
             }
-            let s = Subnet6::parse(subnet)?;
-            let gw = r
-                .gateway
-                .as_deref()
-                .map(|g| {
-                    let ip: Ipv6Addr = g.parse().map_err(|_| Error::Invalid {
-                        what: format!("invalid gateway address {g:?} for subnet {s}"),
-                    })?;
-                    if !s.contains(ip) || ip == s.addr {
-                        return Err(Error::Invalid {
-                            what: format!("gateway {ip} is not a host address of subnet {s}"),
-                        });
-                    }
-                    Ok(ip)
-                })
-                .transpose()?;
-            let range = r
-                .ip_range
-                .as_deref()
-                .map(|x| {
-                    let rg = Subnet6::parse(x)?;
-                    if s.covers(&rg) {
-                        Ok(rg)
-                    } else {
-                        Err(Error::Invalid {
-                            what: format!("IP range {rg} is not inside subnet {s}"),
-                        })
-                    }
-                })
-                .transpose()?;
+            let (s, gw, range) =
+                pool::<Subnet6>(subnet, r.gateway.as_deref(), r.ip_range.as_deref())?;
             out.v6 = Some((s, gw, range));
         } else {
             if out.v4.is_some() {
@@ -1471,38 +1443,121 @@ fn parse_ipam(reqs: &[IpamRequest]) -> Result<Pools> {
                     what: "only one IPv4 subnet per network is supported".into(),
                 });
             }
-            let s = Subnet::parse(subnet)?;
-            let gw = r
-                .gateway
-                .as_deref()
-                .map(|g| {
-                    let ip: Ipv4Addr = g.parse().map_err(|_| Error::Invalid {
-                        what: format!("invalid gateway address {g:?} for subnet {s}"),
-                    })?;
-                    if !s.contains(ip) || ip == s.addr {
-                        return Err(Error::Invalid {
-                            what: format!("gateway {ip} is not a host address of subnet {s}"),
-                        });
-                    }
-                    Ok(ip)
-                })
-                .transpose()?;
-            let range = r
-                .ip_range
-                .as_deref()
-                .map(|x| {
-                    let rg = Subnet::parse(x)?;
-                    if s.covers(&rg) {
-                        Ok(rg)
-                    } else {
-                        Err(Error::Invalid {
-                            what: format!("IP range {rg} is not inside subnet {s}"),
-                        })
-                    }
-                })
-                .transpose()?;
+            let (s, gw, range) =
+                pool::<Subnet>(subnet, r.gateway.as_deref(), r.ip_range.as_deref())?;
             out.v4 = Some((s, gw, range));
         }
     }
     Ok(out)
+}
+
+/// What [`pool`] needs of an IPv4 or IPv6 subnet.
+trait Pool: Sized + std::fmt::Display {
+    type Addr: std::str::FromStr + PartialEq + Copy + std::fmt::Display;
+    fn parse(s: &str) -> Result<Self>;
+    fn network(&self) -> Self::Addr;
+    fn holds(&self, ip: Self::Addr) -> bool;
+    fn covers(&self, inner: &Self) -> bool;
+}
+
+impl Pool for Subnet {
+    type Addr = Ipv4Addr;
+    fn parse(s: &str) -> Result<Self> {
+        Subnet::parse(s)
+    }
+    fn network(&self) -> Ipv4Addr {
+        self.addr
+    }
+    fn holds(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip)
+    }
+    fn covers(&self, inner: &Self) -> bool {
+        Subnet::covers(self, inner)
+    }
+}
+
+impl Pool for Subnet6 {
+    type Addr = Ipv6Addr;
+    fn parse(s: &str) -> Result<Self> {
+        Subnet6::parse(s)
+    }
+    fn network(&self) -> Ipv6Addr {
+        self.addr
+    }
+    fn holds(&self, ip: Ipv6Addr) -> bool {
+        self.contains(ip)
+    }
+    fn covers(&self, inner: &Self) -> bool {
+        Subnet6::covers(self, inner)
+    }
+}
+
+/// One IPAM entry of one address family: the subnet, its gateway (a host
+/// address of the subnet) and the range addresses are given from (inside
+/// the subnet).
+fn pool<S: Pool>(
+    subnet: &str,
+    gateway: Option<&str>,
+    ip_range: Option<&str>,
+) -> Result<(S, Option<S::Addr>, Option<S>)> {
+    let s = S::parse(subnet)?;
+    let gw = gateway
+        .map(|g| {
+            let ip: S::Addr = g.parse().map_err(|_| Error::Invalid {
+                what: format!("invalid gateway address {g:?} for subnet {s}"),
+            })?;
+            if !s.holds(ip) || ip == s.network() {
+                return Err(Error::Invalid {
+                    what: format!("gateway {ip} is not a host address of subnet {s}"),
+                });
+            }
+            Ok(ip)
+        })
+        .transpose()?;
+    let range = ip_range
+        .map(|x| {
+            let rg = S::parse(x)?;
+            if s.covers(&rg) {
+                Ok(rg)
+            } else {
+                Err(Error::Invalid {
+                    what: format!("IP range {rg} is not inside subnet {s}"),
+                })
+            }
+        })
+        .transpose()?;
+    Ok((s, gw, range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipam_entries_are_checked_the_same_way_for_both_families() {
+        let (s, gw, range) = pool::<Subnet>("10.9.0.0/16", Some("10.9.0.1"), Some("10.9.5.0/24"))
+            .expect("a valid v4 entry");
+        assert_eq!(s.to_string(), "10.9.0.0/16");
+        assert_eq!(gw, Some(Ipv4Addr::new(10, 9, 0, 1)));
+        assert_eq!(range.map(|r| r.to_string()).as_deref(), Some("10.9.5.0/24"));
+        let (s6, gw6, _) =
+            pool::<Subnet6>("fd00:9::/64", Some("fd00:9::1"), None).expect("a valid v6 entry");
+        assert_eq!(s6.to_string(), "fd00:9::/64");
+        assert_eq!(gw6, Some("fd00:9::1".parse::<Ipv6Addr>().unwrap()));
+
+        let err = |r: Result<_>| match r {
+            Err(Error::Invalid { what }) => what,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(()) => panic!("accepted"),
+        };
+        let v4 = |gw, range| pool::<Subnet>("10.9.0.0/16", gw, range).map(drop);
+        let v6 = |gw, range| pool::<Subnet6>("fd00:9::/64", gw, range).map(drop);
+        assert!(err(v4(Some("10.8.0.1"), None)).contains("not a host address"));
+        assert!(err(v4(Some("10.9.0.0"), None)).contains("not a host address"));
+        assert!(err(v4(Some("nonsense"), None)).contains("invalid gateway address"));
+        assert!(err(v4(None, Some("10.8.0.0/24"))).contains("not inside subnet"));
+        assert!(err(v6(Some("fd00:8::1"), None)).contains("not a host address"));
+        assert!(err(v6(Some("10.9.0.1"), None)).contains("invalid gateway address"));
+        assert!(err(v6(None, Some("fd00:8::/80"))).contains("not inside subnet"));
+    }
 }

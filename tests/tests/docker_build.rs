@@ -78,6 +78,9 @@ fn docker_build_end_to_end() {
     single_stage_and_cache(&d);
     intermediates_are_listed_only_with_all(&d);
     multi_stage_parallel_and_unused(&d);
+    timed("copy --from cache", || {
+        copy_from_follows_the_source_stage(&d)
+    });
     layers_verify_after_save_and_load(&d);
     errors_name_the_line(&d);
     context_escapes(&d);
@@ -330,6 +333,35 @@ fn multi_stage_parallel_and_unused(d: &Daemon) {
     assert!(out.contains("Step 1/2 : FROM busybox AS unused"), "{out}");
     assert!(out.contains("returned a non-zero code: 9"), "{out}");
     assert!(!out.contains("AS a"), "{out}");
+}
+
+/// `COPY --from` hits the cache while the source stage's layers are the
+/// same, and misses as soon as they change, even where the copied path
+/// and the step's text stay the same.
+fn copy_from_follows_the_source_stage(d: &Daemon) {
+    let df = "FROM busybox AS src\n\
+              COPY v.txt /v.txt\n\
+              FROM busybox\n\
+              COPY --from=src /v.txt /copied.txt\n\
+              CMD cat /copied.txt\n";
+    let dir = context(d, "ctx-copy-from", df);
+    std::fs::write(dir.join("v.txt"), "one\n").unwrap();
+    build_ok(d, &dir, &["-t", "copyfrom:1"]);
+    assert_eq!(d.ok(&["run", "--rm", "copyfrom:1"]), "one\n");
+    let again = build_ok(d, &dir, &["-t", "copyfrom:1"]);
+    assert_eq!(
+        again.matches("Using cache").count(),
+        3,
+        "both COPY steps and the CMD come from the cache: {again}"
+    );
+    std::fs::write(dir.join("v.txt"), "two\n").unwrap();
+    let changed = build_ok(d, &dir, &["-t", "copyfrom:2"]);
+    assert_eq!(
+        changed.matches("Using cache").count(),
+        0,
+        "a changed source stage invalidates the copy: {changed}"
+    );
+    assert_eq!(d.ok(&["run", "--rm", "copyfrom:2"]), "two\n");
 }
 
 /// The hex SHA-256 of what `shell` writes to stdout.

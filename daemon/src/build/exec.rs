@@ -755,16 +755,23 @@ impl Builder {
                 }
             }
             Step::Copy(c) => {
-                let plan = self.plan_copy(
-                    ctx,
-                    &CopyKind::Copy,
-                    &c.sources,
-                    c.from.as_deref(),
-                    &c.excludes,
-                    deps,
-                )?;
-                inputs.extend_from_slice(plan.checksum.as_bytes());
-                copy_plan = Some(plan);
+                if let Some(f) = c.from.as_deref() {
+                    // Another stage's or image's layers are named by their
+                    // chain ID, which fixes every byte and attribute of every
+                    // file in them: the step (sources, excludes, options) and
+                    // that ID make the key, with nothing mounted or read. The
+                    // sources are resolved only if the step runs.
+                    let (layers, _) = self.source_layers(ctx, f, deps)?;
+                    inputs.extend_from_slice(b"\0from-chain\0");
+                    if let Some(top) = layers.last() {
+                        inputs.extend_from_slice(top.chain_id.to_string().as_bytes());
+                    }
+                } else {
+                    let plan =
+                        self.plan_copy(ctx, &CopyKind::Copy, &c.sources, None, &c.excludes, deps)?;
+                    inputs.extend_from_slice(plan.checksum.as_bytes());
+                    copy_plan = Some(plan);
+                }
             }
             Step::Add(a) => {
                 let plan = self.plan_copy(
@@ -829,8 +836,18 @@ impl Builder {
                 }
             }
             Step::Copy(c) => {
-                let plan = copy_plan.as_ref().expect("planned above");
-                Self::exec_copy(ctx, state, &CopyArgs::from_copy(c), plan, &step_root)?;
+                let plan = match copy_plan.take() {
+                    Some(p) => p,
+                    None => self.plan_copy(
+                        ctx,
+                        &CopyKind::Copy,
+                        &c.sources,
+                        c.from.as_deref(),
+                        &c.excludes,
+                        deps,
+                    )?,
+                };
+                Self::exec_copy(ctx, state, &CopyArgs::from_copy(c), &plan, &step_root)?;
                 format!("/bin/sh -c #(nop) {}", ins.original)
             }
             Step::Add(a) => {

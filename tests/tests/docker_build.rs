@@ -78,9 +78,7 @@ fn docker_build_end_to_end() {
     single_stage_and_cache(&d);
     intermediates_are_listed_only_with_all(&d);
     multi_stage_parallel_and_unused(&d);
-    timed("copy --from cache", || {
-        copy_from_follows_the_source_stage(&d)
-    });
+    timed("copy --from", || copy_from_follows_the_source_stage(&d));
     layers_verify_after_save_and_load(&d);
     errors_name_the_line(&d);
     context_escapes(&d);

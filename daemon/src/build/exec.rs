@@ -1339,7 +1339,9 @@ impl Builder {
         Ok(())
     }
 
-    /// Resolve COPY/ADD sources and checksum what they read.
+    /// Resolve COPY/ADD sources and checksum what they read from the
+    /// context. Sources in another stage or image are not read for the
+    /// checksum: that step's cache key names their layers instead.
     fn plan_copy(
         &self,
         ctx: &Ctx,
@@ -1358,17 +1360,14 @@ impl Builder {
             )
         };
         let mut h = sha2::Sha256::new();
-        let (root_dir, mount, from_key) = match from {
+        let (root_dir, mount) = match from {
             Some(f) => {
-                let (layers, key) = self.source_layers(ctx, f, deps)?;
+                let (layers, _) = self.source_layers(ctx, f, deps)?;
                 let m = self.mount_readonly(ctx, &layers)?;
-                (m.path.clone(), Some(m), Some(key))
+                (m.path.clone(), Some(m))
             }
-            None => (ctx.context.clone(), None, None),
+            None => (ctx.context.clone(), None),
         };
-        if let Some(k) = &from_key {
-            h.update(k.as_bytes());
-        }
         let root = Root::open(&root_dir)?;
         let mut items = Vec::new();
         let mut multiple = sources.len() > 1;
@@ -1442,16 +1441,17 @@ impl Builder {
                             continue;
                         };
                         found = true;
-                        h.update(format!("path\0{rel_s}\0").as_bytes());
-                        let ig = &ctx.ignore;
-                        let ex = exclude.as_ref();
-                        let base = rel.clone();
-                        let is_ctx = from.is_none();
-                        fsops::checksum_tree(&host, &mut h, &|x| {
-                            let full = base.join(x).to_string_lossy().into_owned();
-                            (is_ctx && ig.is_excluded(&full))
-                                || ex.is_some_and(|m| m.is_excluded(&x.to_string_lossy()))
-                        })?;
+                        if from.is_none() {
+                            h.update(format!("path\0{rel_s}\0").as_bytes());
+                            let ig = &ctx.ignore;
+                            let ex = exclude.as_ref();
+                            let base = rel.clone();
+                            fsops::checksum_tree(&host, &mut h, &|x| {
+                                let full = base.join(x).to_string_lossy().into_owned();
+                                ig.is_excluded(&full)
+                                    || ex.is_some_and(|m| m.is_excluded(&x.to_string_lossy()))
+                            })?;
+                        }
                         items.push(CopyItem::Path { host, rel });
                     }
                     if !found {
@@ -1959,6 +1959,8 @@ enum CopyItem {
 struct CopyPlan {
     items: Vec<CopyItem>,
     multiple: bool,
+    /// What the sources read from the build context hash to (empty of
+    /// file contents for sources in another stage or image).
     checksum: String,
     exclude: Option<IgnoreMatcher>,
     from_context: bool,

@@ -49,22 +49,28 @@ pub struct AuthConfig {
     pub identity_token: String,
 }
 
+/// Decode a docker CLI header: base64url (or standard base64) of JSON,
+/// padding optional. Empty means absent.
+fn decode_header<T: serde::de::DeserializeOwned>(v: &str, name: &str) -> Result<Option<T>> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let trimmed = v.trim_end_matches('=');
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+        .map_err(|_| Error::invalid(format!("{name} is not valid base64")))?;
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| Error::invalid(format!("{name} is not valid JSON: {e}")))
+}
+
 impl AuthConfig {
     /// Decode an `X-Registry-Auth` header (base64url JSON, padding
     /// optional). Empty or `{}` means anonymous.
     pub fn from_header(v: &str) -> Result<Option<AuthConfig>> {
-        let v = v.trim();
-        if v.is_empty() {
-            return Ok(None);
-        }
-        let trimmed = v.trim_end_matches('=');
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(trimmed)
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
-            .map_err(|_| Error::invalid("X-Registry-Auth is not valid base64"))?;
-        let a: AuthConfig = serde_json::from_slice(&raw)
-            .map_err(|e| Error::invalid(format!("X-Registry-Auth is not valid JSON: {e}")))?;
-        Ok(Some(a))
+        decode_header(v, "X-Registry-Auth")
     }
 
     /// Decode an `X-Registry-Config` header (base64url JSON: registry
@@ -72,17 +78,11 @@ impl AuthConfig {
     /// build) and pick the entry for `registry` (a normalized host, as in
     /// a parsed reference).
     pub fn from_config_header(v: &str, registry: &str) -> Result<Option<AuthConfig>> {
-        let v = v.trim();
-        if v.is_empty() {
+        let Some(all): Option<BTreeMap<String, AuthConfig>> =
+            decode_header(v, "X-Registry-Config")?
+        else {
             return Ok(None);
-        }
-        let trimmed = v.trim_end_matches('=');
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(trimmed)
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
-            .map_err(|_| Error::invalid("X-Registry-Config is not valid base64"))?;
-        let all: BTreeMap<String, AuthConfig> = serde_json::from_slice(&raw)
-            .map_err(|e| Error::invalid(format!("X-Registry-Config is not valid JSON: {e}")))?;
+        };
         let host = |server: &str| -> String {
             let s = server
                 .trim_start_matches("https://")

@@ -242,17 +242,18 @@ impl Engine {
     async fn view_of(&self, reference: &str, path: &str) -> Result<(String, PathBuf, String)> {
         let entry = self.get(reference)?;
         let c = entry.rec.lock().await;
-        self.mount_rootfs(&c).await?;
-        let rootfs = self.paths.container(&c.id).join("rootfs");
         if c.state.status.is_live() && c.state.pid > 0 && c.host_config.runtime != RUNTIME_VM {
             let root = PathBuf::from(format!("/proc/{}/root", c.state.pid));
             if root.is_dir() {
                 return Ok((c.id.clone(), root, path.to_string()));
             }
         }
-        let (root, rest) =
-            mount_holding(&c.mounts, path).unwrap_or_else(|| (rootfs, path.to_string()));
-        Ok((c.id.clone(), root, rest))
+        if let Some((root, rest)) = mount_holding(&c.mounts, path) {
+            return Ok((c.id.clone(), root, rest));
+        }
+        self.mount_rootfs(&c).await?;
+        let rootfs = self.paths.container(&c.id).join("rootfs");
+        Ok((c.id.clone(), rootfs, path.to_string()))
     }
 
     /// `GET /containers/{id}/export`: the whole filesystem as a tar stream.

@@ -37,6 +37,10 @@ pub const ANNOTATION_INITRD: &str = "io.vessel.vm.initrd";
 /// Annotation: the image's layers as a JSON list of [`LayerDir`], lowest
 /// first. Without it the bundle's root filesystem becomes one image.
 pub const ANNOTATION_LAYERS: &str = "io.vessel.vm.layers";
+/// Annotation: the container's own changes (its overlay upper
+/// directory), imaged at every start on top of [`ANNOTATION_LAYERS`] when
+/// not empty; the cached layers stay shared.
+pub const ANNOTATION_UPPER: &str = "io.vessel.vm.upper";
 /// Annotation: where layer images are cached (default
 /// [`DEFAULT_LAYER_CACHE`]).
 pub const ANNOTATION_LAYER_CACHE: &str = "io.vessel.vm.layer-cache";
@@ -49,6 +53,9 @@ pub const DEFAULT_KERNEL: &str = "/var/cache/vessel/kernel/current/vmlinux";
 pub const DEFAULT_INITRD: &str = "/var/cache/vessel/agent-initramfs.cpio";
 /// Shared layer image cache.
 pub const DEFAULT_LAYER_CACHE: &str = "/var/lib/vessel/vm/layers";
+/// The most read-only disks (layers, plus the container's own changes) a
+/// VM takes.
+pub const MAX_LAYERS: usize = 16;
 /// Guest memory without a memory limit in the spec.
 pub const DEFAULT_MEM_MIB: u32 = 256;
 /// The smallest guest that boots the kernel and the agent comfortably.
@@ -135,6 +142,8 @@ pub struct Plan {
     pub layer_cache: PathBuf,
     /// Without layers: the root filesystem, imaged per container.
     pub rootfs: Option<PathBuf>,
+    /// With layers: the container's own changes, imaged per start.
+    pub upper: Option<PathBuf>,
     /// Guest memory.
     pub mem_mib: u32,
     /// vCPUs.
@@ -156,10 +165,13 @@ pub fn plan(bundle: &Bundle, id: &str) -> Result<Plan> {
             .map_err(|e| Error::Config(format!("annotation {ANNOTATION_LAYERS}: {e}")))?,
         None => Vec::new(),
     };
-    if layers.len() > 16 {
+    let upper = (!layers.is_empty())
+        .then(|| ann.get(ANNOTATION_UPPER).map(PathBuf::from))
+        .flatten();
+    let disks = layers.len() + usize::from(upper.is_some());
+    if disks > MAX_LAYERS {
         return Err(Error::Config(format!(
-            "{} layers; a VM takes at most 16 (flatten the image)",
-            layers.len()
+            "{disks} layers; a VM takes at most {MAX_LAYERS} (flatten the image)"
         )));
     }
     let process = spec
@@ -177,6 +189,7 @@ pub fn plan(bundle: &Bundle, id: &str) -> Result<Plan> {
         kernel: path(ANNOTATION_KERNEL, DEFAULT_KERNEL),
         initrd: path(ANNOTATION_INITRD, DEFAULT_INITRD),
         rootfs: layers.is_empty().then(|| bundle.rootfs.clone()),
+        upper,
         layers,
         layer_cache: path(ANNOTATION_LAYER_CACHE, DEFAULT_LAYER_CACHE),
         mem_mib,
@@ -344,6 +357,16 @@ pub fn boot(plan: &Plan, work: &Path) -> Result<Booted> {
                     })?,
             );
         }
+        if let Some(upper) = plan.upper.as_ref().filter(|d| has_entries(d)) {
+            let out = work.join("upper.erofs");
+            let _ = std::fs::remove_file(&out);
+            layer::build_image(upper, &out, ImageFormat::Erofs).map_err(|source| Error::Layer {
+                dir: upper.clone(),
+                source,
+            })?;
+            images.push(out.clone());
+            own_image = Some(out);
+        }
     }
     let (host_end, guest_end) = UnixStream::pair().map_err(|e| Error::Io("socket pair", e))?;
     let serial = match &plan.console {
@@ -401,6 +424,11 @@ pub fn boot(plan: &Plan, work: &Path) -> Result<Booted> {
         ready,
         own_image,
     })
+}
+
+/// Whether `dir` is a directory with anything in it.
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
 
 /// Whether the agent client gave up because the socket's read timeout
@@ -525,6 +553,32 @@ mod tests {
         assert_eq!(p.layers.len(), 2);
         assert_eq!(p.layers[1].dir, Path::new("/l1"));
         assert!(p.rootfs.is_none());
+        assert!(p.upper.is_none());
+
+        // The container's own changes go on top of the layers; 16 disks
+        // at most, counting them.
+        let layers = |n: usize| {
+            serde_json::to_string(
+                &(0..n)
+                    .map(|i| LayerDir {
+                        key: format!("sha256:{i:064x}"),
+                        dir: PathBuf::from(format!("/l{i}")),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        let with = |n: usize| {
+            spec(serde_json::json!({"annotations": {
+                "io.vessel.sandbox": "vm",
+                "io.vessel.vm.layers": layers(n),
+                "io.vessel.vm.upper": "/u"
+            }}))
+        };
+        let p = plan(&bundle(with(15)), "c1").unwrap();
+        assert_eq!(p.upper.as_deref(), Some(Path::new("/u")));
+        let e = plan(&bundle(with(16)), "c1").unwrap_err().to_string();
+        assert!(e.contains("17 layers"), "{e}");
 
         let s = spec(serde_json::json!({"annotations": {
             "io.vessel.sandbox": "vm", "io.vessel.vm.layers": "{"

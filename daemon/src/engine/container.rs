@@ -38,6 +38,10 @@ impl Paths {
     pub fn volumes(&self) -> PathBuf {
         self.root.join("volumes")
     }
+    /// Read-only disk images of layers for microVMs, by diff ID.
+    pub fn vm_layers(&self) -> PathBuf {
+        self.root.join("vm").join("layers")
+    }
     /// The image store.
     pub fn images(&self) -> PathBuf {
         self.root.join("images")

@@ -110,6 +110,12 @@ impl Engine {
         let store = self.store();
         let r = reference.to_string();
         let events = blocking(move || Ok(store.remove(&r, force)?)).await?;
+        if events
+            .iter()
+            .any(|e| matches!(e, images::RemoveEvent::Deleted(_)))
+        {
+            self.prune_vm_layers().await;
+        }
         let mut out = Vec::new();
         for e in events {
             match e {
@@ -211,7 +217,44 @@ impl Engine {
     pub async fn image_prune(&self, all: bool) -> Result<images::PruneReport> {
         let store = self.store();
         let report = blocking(move || Ok(store.prune(all)?)).await?;
+        self.prune_vm_layers().await;
         self.events.emit("image", "prune", "", BTreeMap::new());
         Ok(report)
+    }
+
+    /// Delete the microVM disk images of layers that no image has any
+    /// more. A failure is logged: the files are a cache.
+    async fn prune_vm_layers(&self) {
+        let store = self.store();
+        let dir = self.paths.vm_layers();
+        let result = blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Ok(0);
+            };
+            let keep: std::collections::BTreeSet<String> = store
+                .diff_ids_in_use()?
+                .into_iter()
+                .map(|d| d.to_string().replacen(':', "-", 1))
+                .collect();
+            let mut removed = 0;
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // `sha256-<hex>.erofs`; lock files and partial builds of
+                // a layer in use are left to their builder.
+                let Some(key) = name.strip_suffix(".erofs") else {
+                    continue;
+                };
+                if !keep.contains(key) && std::fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "microVM layer images pruned"),
+            Err(e) => tracing::warn!(error = %e, "pruning microVM layer images"),
+        }
     }
 }

@@ -899,6 +899,34 @@ impl Engine {
                     vm::ANNOTATION_INITRD.into(),
                     self.vm_initrd.display().to_string().into(),
                 );
+                // Each layer becomes a read-only disk imaged once and
+                // shared by every VM that uses it; the container's own
+                // changes go on top. An image with too many layers is
+                // imaged whole, per container, instead.
+                let layers = self.images.layer_dirs(&c.image_id)?;
+                if !layers.is_empty() && layers.len() < vm::MAX_LAYERS {
+                    let layers: Vec<vm::LayerDir> = layers
+                        .into_iter()
+                        .map(|(diff_id, dir)| vm::LayerDir {
+                            key: diff_id.to_string(),
+                            dir,
+                        })
+                        .collect();
+                    a.insert(
+                        vm::ANNOTATION_LAYERS.into(),
+                        serde_json::to_string(&layers)
+                            .map_err(|e| Error::internal(e.to_string()))?
+                            .into(),
+                    );
+                    a.insert(
+                        vm::ANNOTATION_LAYER_CACHE.into(),
+                        self.paths.vm_layers().display().to_string().into(),
+                    );
+                    a.insert(
+                        vm::ANNOTATION_UPPER.into(),
+                        dir.join("upper").display().to_string().into(),
+                    );
+                }
             }
         }
         let bundle = dir.join("bundle");

@@ -978,6 +978,26 @@ impl ImageStore {
             .collect())
     }
 
+    /// An image's layers, lowest first: each one's diff ID and its unpacked
+    /// directory (a microVM images each once, keyed by the diff ID).
+    pub fn layer_dirs(&self, reference: &str) -> Result<Vec<(Digest, PathBuf)>> {
+        let rec = self.resolve(reference)?;
+        Ok(rec
+            .layers
+            .iter()
+            .map(|l| (l.diff_id.clone(), self.snapshots.path(&l.chain_id)))
+            .collect())
+    }
+
+    /// The diff IDs of every layer of every image in the store.
+    pub fn diff_ids_in_use(&self) -> Result<std::collections::BTreeSet<Digest>> {
+        let images = self.db.read(db::Rx::images)?;
+        Ok(images
+            .into_iter()
+            .flat_map(|r| r.layers.into_iter().map(|l| l.diff_id))
+            .collect())
+    }
+
     /// The mounts that make a container rootfs from an image: an overlay of
     /// its snapshots plus the container's own upper and work directories
     /// (or a read-only view when `upper_work` is `None`). Mount them with

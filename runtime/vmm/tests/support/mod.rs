@@ -141,7 +141,14 @@ pub fn guest_kernel() -> Result<PathBuf, String> {
 /// Debian's cloud kernel and its kvm modules, for L1.
 pub fn l1_kernel() -> Result<(PathBuf, Vec<PathBuf>), String> {
     let d = dir().join("l1-kernel");
-    let names = ["vmlinuz", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"];
+    // overlay.ko: vesseld in L1 mounts container root filesystems.
+    let names = [
+        "vmlinuz",
+        "irqbypass.ko",
+        "kvm.ko",
+        "kvm-amd.ko",
+        "overlay.ko",
+    ];
     let paths: Vec<PathBuf> = names.iter().map(|n| d.join(n)).collect();
     vessel_testkit::with_lock(&dir().join("l1-kernel.lock"), || -> Result<(), String> {
         if paths.iter().all(|p| p.is_file()) {
@@ -187,10 +194,13 @@ pub fn l1_kernel() -> Result<(PathBuf, Vec<PathBuf>), String> {
         let staging = dir().join("l1-kernel.tmp");
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
-        for (name, pat) in names
-            .iter()
-            .zip(["vmlinuz-*", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"])
-        {
+        for (name, pat) in names.iter().zip([
+            "vmlinuz-*",
+            "irqbypass.ko",
+            "kvm.ko",
+            "kvm-amd.ko",
+            "overlay.ko",
+        ]) {
             std::fs::copy(find(pat)?, staging.join(name)).map_err(|e| e.to_string())?;
         }
         let _ = std::fs::remove_dir_all(&d);
@@ -427,6 +437,9 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in irqbypass kvm kvm-amd; do insmod /modules/$m.ko || echo "@@FATAL insmod $m"; done
 [ -c /dev/kvm ] || { echo "@@FATAL no /dev/kvm in L1"; poweroff -f; }
+# An NMI (sent by the test's watchdog to a silent L1) panics with the
+# stack of whatever L1 was doing, even with interrupts off.
+echo 1 > /proc/sys/kernel/unknown_nmi_panic
 echo "@@L1UP $(cut -d' ' -f1 /proc/uptime)"
 now() { cut -d' ' -f1 /proc/uptime; }
 "#;
@@ -440,8 +453,18 @@ fn tsc_khz() -> u64 {
         .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
 }
 
+/// How long L1 may print nothing before it counts as hung. Every script
+/// prints at least once a minute in a healthy run; the in-L1 watchdog
+/// prints at 300 s.
+const L1_IDLE_LIMIT: Duration = Duration::from_secs(360);
+
 /// Boot L1 with `initrd` under TCG and return its console output. A
-/// watchdog kills QEMU after `limit` so a hung guest cannot hang CI.
+/// watchdog ends QEMU after `limit`, or after `L1_IDLE_LIMIT` without a
+/// byte of console output, so a hung guest cannot hang CI. Before it does,
+/// it records where L1 is: the vCPU registers from QEMU's monitor, then an
+/// NMI, which L1 turns into a panic with the stack of whatever it was
+/// doing (`unknown_nmi_panic`), so even a hang with interrupts off is
+/// explained in the console.
 pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, String> {
     // VESSEL_L1_CONSOLE=1 shows the console live and, with it, every
     // kernel message (debugging a hung L1).
@@ -455,6 +478,8 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
             "quiet loglevel=1"
         }
     );
+    let monitor = initrd.with_extension("monitor.sock");
+    let _ = std::fs::remove_file(&monitor);
     let mut child = Command::new("qemu-system-x86_64")
         .args([
             "-accel",
@@ -484,6 +509,8 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
             "stdio",
             "-no-reboot",
         ])
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .arg("-kernel")
         .arg(&fx.l1_kernel)
         .arg("-initrd")
@@ -496,7 +523,9 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
         .spawn()
         .map_err(|e| format!("starting qemu: {e}"))?;
     let mut stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
+    // The reader sends one message per chunk of output, and `None` at the
+    // end, so the watchdog below sees both progress and the end.
+    let (tx, rx) = mpsc::channel::<Option<()>>();
     let reader = std::thread::spawn(move || {
         let mut s = Vec::new();
         let mut buf = [0u8; 4096];
@@ -509,22 +538,39 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
                         let _ = std::io::stderr().write_all(&buf[..n]);
                     }
                     s.extend_from_slice(&buf[..n]);
+                    let _ = tx.send(Some(()));
                 }
             }
         }
-        let _ = tx.send(());
+        let _ = tx.send(None);
         s
     });
-    let timed_out = rx.recv_timeout(limit).is_err();
-    if timed_out {
+    let deadline = std::time::Instant::now() + limit;
+    let mut hang: Option<String> = None;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left.min(L1_IDLE_LIMIT)) {
+            Ok(Some(())) => {}
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let why = if left <= L1_IDLE_LIMIT {
+                    format!("L1 did not finish within {limit:?}")
+                } else {
+                    format!("L1 printed nothing for {L1_IDLE_LIMIT:?}")
+                };
+                hang = Some(format!("{why}\n{}", where_is_l1(&monitor, &rx)));
+                break;
+            }
+        }
+    }
+    if hang.is_some() {
         let _ = child.kill();
     }
     let status = child.wait().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&monitor);
     let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
-    if timed_out {
-        return Err(format!(
-            "L1 did not finish within {limit:?}; console:\n{out}"
-        ));
+    if let Some(hang) = hang {
+        return Err(format!("{hang}\nconsole:\n{out}"));
     }
     if !status.success() {
         let mut err = String::new();
@@ -534,4 +580,48 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
         return Err(format!("qemu exited with {status}: {err}\nconsole:\n{out}"));
     }
     Ok(out)
+}
+
+/// Ask QEMU's monitor where a silent L1 is: its registers, then an NMI
+/// (L1 panics on it and prints its stack); waits up to a minute for the
+/// console to settle after the NMI. Returns the monitor's answers.
+fn where_is_l1(monitor: &Path, output: &mpsc::Receiver<Option<()>>) -> String {
+    use std::io::Write as _;
+    use std::os::unix::net::UnixStream;
+    let ask = |commands: &[&str]| -> String {
+        let Ok(mut s) = UnixStream::connect(monitor) else {
+            return format!("(no QEMU monitor at {})", monitor.display());
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut answer = Vec::new();
+        for c in commands {
+            let _ = s.write_all(format!("{c}\n").as_bytes());
+            let mut buf = [0u8; 4096];
+            // The monitor answers, then prompts again; read until it goes
+            // quiet for the read timeout.
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&buf[..n]);
+                if answer.ends_with(b"(qemu) ") {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&answer).replace('\r', "")
+    };
+    // Registers twice, to tell a spinning CPU from a stopped one, and the
+    // local APIC (is a timer interrupt pending, or none armed?).
+    let registers = ask(&["info registers", "info lapic", "info registers"]);
+    let _ = ask(&["nmi"]);
+    // Let L1 print its panic: wait until the console is quiet for 10 s.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < until {
+        match output.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(())) => {}
+            _ => break,
+        }
+    }
+    format!("QEMU monitor (sent an NMI after this):\n{registers}")
 }

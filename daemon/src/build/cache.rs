@@ -6,15 +6,21 @@
 //! image store; a hit is only used when their blobs and snapshots are still
 //! there, so removing images never makes the cache lie. This module stores
 //! and finds entries; the executor computes the keys.
+//!
+//! A second table holds the layers of `COPY --link` and `ADD --link`
+//! steps under a key without the parent: such a layer does not depend on
+//! the layers below it, so it is found again when only they changed.
 
 use std::path::Path;
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::images::manifest::Descriptor;
 use crate::images::{Digest, ImageConfig, LayerRecord};
 
 const STEPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("build-steps");
+const LINKED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("build-linked-layers");
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -40,6 +46,17 @@ pub struct Entry {
     pub image: Option<Digest>,
 }
 
+/// A layer made by a `--link` step, reusable on any parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Linked {
+    pub blob: Descriptor,
+    pub diff_id: Digest,
+    /// The history entry's `created_by`.
+    pub created_by: String,
+    /// The intermediate image holding the blob.
+    pub image: Option<Digest>,
+}
+
 pub struct Cache {
     db: redb::Database,
 }
@@ -49,6 +66,7 @@ impl Cache {
         let db = redb::Database::create(path).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(STEPS).map_err(db_err)?;
+        txn.open_table(LINKED).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Cache { db })
     }
@@ -64,7 +82,37 @@ impl Cache {
                 .map_err(|e| Error::Corrupt(k.value().to_string(), e))?;
             out.extend(e.image);
         }
+        let t = txn.open_table(LINKED).map_err(db_err)?;
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let e: Linked = serde_json::from_slice(v.value())
+                .map_err(|e| Error::Corrupt(k.value().to_string(), e))?;
+            out.extend(e.image);
+        }
         Ok(out)
+    }
+
+    /// The `--link` layer recorded under `key`.
+    pub fn get_linked(&self, key: &str) -> Result<Option<Linked>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(LINKED).map_err(db_err)?;
+        let Some(v) = t.get(key).map_err(db_err)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| Error::Corrupt(key.to_string(), e))
+    }
+
+    /// Record a `--link` layer.
+    pub fn put_linked(&self, key: &str, e: &Linked) -> Result<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(LINKED).map_err(db_err)?;
+            let v = serde_json::to_vec(e).expect("cache entries always serialise");
+            t.insert(key, v.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Entry>> {
@@ -94,22 +142,34 @@ impl Cache {
         txn.commit().map_err(db_err)
     }
 
-    /// Remove every entry; returns them.
-    pub fn clear(&self) -> Result<Vec<Entry>> {
+    /// Remove every entry; returns how many there were and the
+    /// intermediate images they held.
+    pub fn clear(&self) -> Result<(usize, Vec<Digest>)> {
         let txn = self.db.begin_write().map_err(db_err)?;
         let mut out = Vec::new();
+        let mut count = 0;
         {
             let mut t = txn.open_table(STEPS).map_err(db_err)?;
             for item in t.iter().map_err(db_err)? {
                 let (_, v) = item.map_err(db_err)?;
+                count += 1;
                 if let Ok(e) = serde_json::from_slice::<Entry>(v.value()) {
-                    out.push(e);
+                    out.extend(e.image);
+                }
+            }
+            t.retain(|_, _| false).map_err(db_err)?;
+            let mut t = txn.open_table(LINKED).map_err(db_err)?;
+            for item in t.iter().map_err(db_err)? {
+                let (_, v) = item.map_err(db_err)?;
+                count += 1;
+                if let Ok(e) = serde_json::from_slice::<Linked>(v.value()) {
+                    out.extend(e.image);
                 }
             }
             t.retain(|_, _| false).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(out)
+        Ok((count, out))
     }
 }
 
@@ -125,16 +185,34 @@ mod tests {
         let e = Entry {
             config: ImageConfig::default(),
             layers: Vec::new(),
-            image: None,
+            image: Some(Digest::sha256_of(b"image")),
+        };
+        let linked = Linked {
+            blob: Descriptor {
+                media_type: crate::images::manifest::DOCKER_LAYER_GZIP.into(),
+                digest: Digest::sha256_of(b"blob"),
+                size: 4,
+                urls: None,
+                annotations: None,
+                platform: None,
+            },
+            diff_id: Digest::sha256_of(b"tar"),
+            created_by: "COPY --link a /".into(),
+            image: Some(Digest::sha256_of(b"linked")),
         };
         {
             let c = Cache::open(&p).unwrap();
             c.put_all(&[("k1".into(), e.clone())]).unwrap();
+            c.put_linked("l1", &linked).unwrap();
         }
         let c = Cache::open(&p).unwrap();
         assert!(c.get("k1").unwrap().is_some());
         assert!(c.get("k2").unwrap().is_none());
-        assert_eq!(c.clear().unwrap().len(), 1);
+        assert_eq!(c.get_linked("l1").unwrap().unwrap().diff_id, linked.diff_id);
+        assert_eq!(c.images().unwrap().len(), 2);
+        let (n, images) = c.clear().unwrap();
+        assert_eq!((n, images.len()), (2, 2));
         assert!(c.get("k1").unwrap().is_none());
+        assert!(c.get_linked("l1").unwrap().is_none());
     }
 }

@@ -15,9 +15,15 @@
 //!
 //! Every step has a cache key: the parent's key, the step after expansion,
 //! the environment a RUN sees and checksums of the files a COPY or ADD
-//! reads. Layer-producing steps record an untagged intermediate image so
-//! their layers stay in the store; the cache maps keys to the resulting
-//! config and layers ([`super::cache`]).
+//! reads (for a URL, of the downloaded content, see [`super::fetch`]).
+//! Layer-producing steps record an untagged intermediate image so their
+//! layers stay in the store; the cache maps keys to the resulting config
+//! and layers ([`super::cache`]).
+//!
+//! `COPY --link` and `ADD --link` build their layer in an empty tree
+//! instead of on the parent's, so the layer does not depend on the layers
+//! below; it is also cached under a key without the parent and put on top
+//! of a new parent unchanged when only earlier steps changed.
 //!
 //! It does not own parsing ([`super::dockerfile`]), HTTP, or the context
 //! upload: it gets a context directory and reports progress as text lines.
@@ -37,9 +43,10 @@ use sha2::Digest as _;
 use super::cache::{self, Cache};
 use super::dockerfile::{
     self, Base, BuildArgs, Chmod, Command, CopyStep, Dockerfile, GlobalScope, Healthcheck,
-    Instruction, MountSpec, Network, RunProgram, RunStep, SourceSpec, StageScope, Step,
+    Instruction, MountSpec, Network, RunProgram, RunStep, SourceSpec, StageScope, Step, UserGroup,
     ignore::IgnoreMatcher,
 };
+use super::fetch::{self, Fetcher};
 use super::fsops::{self, Root};
 use super::run;
 use crate::images::digest::{Algorithm, HashingWriter};
@@ -104,8 +111,8 @@ pub enum Error {
     Unsupported(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("fetching {url}: {reason}")]
-    Fetch { url: String, reason: String },
+    #[error(transparent)]
+    Fetch(#[from] fetch::Error),
     #[error("image {reference}: not in the local store (load or pull it first)")]
     NoImage {
         reference: String,
@@ -201,6 +208,10 @@ pub struct StageTiming {
     pub finished_ns: u128,
 }
 
+/// The longest an `ADD <url>` download waits for any one thing (the
+/// connection, the TLS handshake, the answer, the next piece of the body).
+const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The builder of one daemon.
 pub struct Builder {
     store: Arc<ImageStore>,
@@ -211,6 +222,8 @@ pub struct Builder {
     counter: AtomicU64,
     /// Serialises creation of cache mount directories.
     mounts_lock: std::sync::Mutex<()>,
+    /// Downloads for `ADD <url>`.
+    fetcher: Fetcher,
 }
 
 impl std::fmt::Debug for Builder {
@@ -338,6 +351,7 @@ impl Builder {
             runtime: run::find_runtime(),
             counter: AtomicU64::new(0),
             mounts_lock: std::sync::Mutex::new(()),
+            fetcher: Fetcher::new(&[], DOWNLOAD_TIMEOUT)?,
         })
     }
 
@@ -367,8 +381,7 @@ impl Builder {
     /// images only the cache used. Returns (entries removed, bytes freed
     /// from cache mounts).
     pub fn prune(&self) -> Result<(u64, u64)> {
-        let entries = self.cache.clear()?;
-        let mut images: Vec<Digest> = entries.iter().filter_map(|e| e.image.clone()).collect();
+        let (entries, mut images) = self.cache.clear()?;
         images.sort();
         images.dedup();
         for id in &images {
@@ -382,7 +395,7 @@ impl Builder {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
-        Ok((entries.len() as u64, freed))
+        Ok((entries as u64, freed))
     }
 
     /// Build the Dockerfile in `context` (an unpacked context directory).
@@ -788,6 +801,18 @@ impl Builder {
             _ => {}
         }
         let key = hash_hex(&[state.key.as_bytes(), &inputs]);
+        // A `--link` layer's own key: the step, what it reads and the
+        // working directory its destination is relative to, not the
+        // parent.
+        let link_key = linked(&step).then(|| {
+            let cwd = state
+                .config
+                .config
+                .as_ref()
+                .and_then(|c| c.working_dir.clone())
+                .unwrap_or_default();
+            hash_hex(&[b"link", &inputs, cwd.as_bytes()])
+        });
 
         if !ctx.opts.no_cache {
             if let Some(e) = self.cache.get(&key)? {
@@ -801,6 +826,25 @@ impl Builder {
                     (ctx.out)(" ---> Using cache\n".to_string());
                     (ctx.out)(format!(" ---> {}\n", short(&config_id(&state.config))));
                     return Ok(());
+                }
+            }
+            if let Some(lk) = &link_key {
+                if let Some(l) = self.cache.get_linked(lk)? {
+                    if self.store.content().contains(&l.blob.digest) {
+                        let image = self.stack_linked(state, &l, &now)?;
+                        state.key = key.clone();
+                        pending.push((
+                            key,
+                            cache::Entry {
+                                config: state.config.clone(),
+                                layers: state.layers.clone(),
+                                image: Some(image),
+                            },
+                        ));
+                        (ctx.out)(" ---> Using cache\n".to_string());
+                        (ctx.out)(format!(" ---> {}\n", short(&config_id(&state.config))));
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -822,7 +866,8 @@ impl Builder {
         }
 
         let t0 = std::time::Instant::now();
-        let step_root = self.step_root(ctx, state, matches!(step, Step::Run(_)))?;
+        let step_root =
+            self.step_root(ctx, state, matches!(step, Step::Run(_)), link_key.is_some())?;
         let t_mount = t0.elapsed();
         let created_by = match &step {
             Step::Run(r) => {
@@ -877,6 +922,17 @@ impl Builder {
             commit_ms = t0.elapsed().saturating_sub(t_unmount).as_millis() as u64,
             "build step timing"
         );
+        if let (Some(lk), Some(top)) = (&link_key, state.layers.last()) {
+            self.cache.put_linked(
+                lk,
+                &cache::Linked {
+                    blob: top.blob.clone(),
+                    diff_id: top.diff_id.clone(),
+                    created_by: created_by.clone(),
+                    image: Some(image.clone()),
+                },
+            )?;
+        }
         state.key = key.clone();
         pending.push((
             key,
@@ -888,6 +944,61 @@ impl Builder {
         ));
         (ctx.out)(format!(" ---> {}\n", short(&config_id(&state.config))));
         Ok(())
+    }
+
+    /// Put a cached `--link` layer on top of `state` as it is: the blob is
+    /// reused, and the store unpacks it once for the new chain. Records an
+    /// intermediate image and returns its ID.
+    fn stack_linked(&self, state: &mut State, l: &cache::Linked, now: &str) -> Result<Digest> {
+        let store = &*self.store;
+        let lease = store.lease("build")?;
+        let r = (|| -> Result<Digest> {
+            let mut config = state.config.clone();
+            config.created = Some(now.to_string());
+            config.rootfs.diff_ids.push(l.diff_id.clone());
+            config.history.push(History {
+                created: Some(now.to_string()),
+                created_by: Some(l.created_by.clone()),
+                author: None,
+                comment: None,
+                empty_layer: false,
+            });
+            // The blob keeps its bytes; its media type follows the image's
+            // family, as a freshly made layer's would.
+            let oci = state
+                .layers
+                .first()
+                .is_some_and(|x| x.blob.media_type.starts_with("application/vnd.oci."));
+            let mut blob = l.blob.clone();
+            blob.media_type = if oci {
+                manifest::OCI_LAYER_GZIP
+            } else {
+                manifest::DOCKER_LAYER_GZIP
+            }
+            .to_string();
+            let mut layers: Vec<PendingLayer> = state
+                .layers
+                .iter()
+                .map(|x| PendingLayer {
+                    blob: x.blob.clone(),
+                    unpacked: None,
+                })
+                .collect();
+            layers.push(PendingLayer {
+                blob,
+                unpacked: None,
+            });
+            let img = store.pending_from_config(&lease, &config, layers, Vec::new())?;
+            let ids = store.record_images(&lease, vec![img], &mut |_| {})?;
+            let id = ids.into_iter().next().expect("one image was recorded");
+            state.layers = store.resolve(&id.to_string())?.layers;
+            state.config = config;
+            Ok(id)
+        })();
+        if r.is_err() {
+            store.discard(lease);
+        }
+        r
     }
 
     fn entry_usable(&self, e: &cache::Entry) -> bool {
@@ -904,15 +1015,20 @@ impl Builder {
         Ok((temp()?, temp()?))
     }
 
-    /// Mount the parent's layers with a fresh upper directory.
-    fn step_root(&self, ctx: &Ctx, state: &State, run: bool) -> Result<StepRoot> {
+    /// Mount the parent's layers with a fresh upper directory (for a
+    /// `--link` step, no layers: an empty tree).
+    fn step_root(&self, ctx: &Ctx, state: &State, run: bool, link: bool) -> Result<StepRoot> {
         let (upper, work) = self.upper_and_work()?;
-        let mut lowers: Vec<PathBuf> = state
-            .layers
-            .iter()
-            .rev()
-            .map(|l| self.store.snapshots().path(&l.chain_id))
-            .collect();
+        let mut lowers: Vec<PathBuf> = if link {
+            Vec::new()
+        } else {
+            state
+                .layers
+                .iter()
+                .rev()
+                .map(|l| self.store.snapshots().path(&l.chain_id))
+                .collect()
+        };
         if run && !ctx.opts.extra_hosts.is_empty() {
             if let Some(init) = self.init_layer(ctx, &lowers)? {
                 lowers.insert(0, init);
@@ -1388,30 +1504,26 @@ impl Builder {
                     let CopyKind::Add(checksum) = kind else {
                         unreachable!()
                     };
-                    let file = ctx.tmp.join(format!(
+                    let checksum = checksum
+                        .as_deref()
+                        .map(fetch::Checksum::parse)
+                        .transpose()?;
+                    // Into the build's private directory; only the copy
+                    // below puts it in the layer.
+                    let dir = ctx.tmp.join(format!(
                         "url-{}",
                         self.counter.fetch_add(1, Ordering::Relaxed)
                     ));
-                    let digest = fetch(p, &file)?;
-                    if let Some(want) = checksum {
-                        let got = match want.split_once(':').map(|x| x.0) {
-                            Some("sha256") | None => format!("sha256:{digest}"),
-                            Some(alg) => {
-                                return Err(Error::Unsupported(format!(
-                                    "ADD --checksum with {alg} is not supported; use sha256"
-                                )));
-                            }
-                        };
-                        if &got != want {
-                            return Err(Error::Fetch {
-                                url: p.clone(),
-                                reason: format!("checksum mismatch: expected {want}, got {got}"),
-                            });
-                        }
-                    }
-                    h.update(format!("url\0{p}\0{digest}").as_bytes());
-                    let name = url_file_name(p);
-                    items.push(CopyItem::Url { file, name });
+                    fs::create_dir(&dir).map_err(io_err("create directory", &dir))?;
+                    let file = dir.join("download");
+                    let got = self.download(p, &file, checksum.as_ref())?;
+                    // The key names the content, not its mtime: an
+                    // unchanged file hits the cache after a new download.
+                    h.update(format!("url\0{p}\0{}\0{}", got.name, got.digest).as_bytes());
+                    items.push(CopyItem::Url {
+                        file,
+                        name: got.name,
+                    });
                 }
                 SourceSpec::Path(p)
                     if matches!(kind, CopyKind::Add(_))
@@ -1468,6 +1580,26 @@ impl Builder {
             from_context: from.is_none(),
             _mount: mount,
         })
+    }
+
+    /// Download `url` into `dest`, blocking this (blocking-pool) thread.
+    fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        checksum: Option<&fetch::Checksum>,
+    ) -> Result<fetch::Fetched> {
+        let fut = self.fetcher.fetch(url, dest, checksum);
+        let got = match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.block_on(fut)?,
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io_err("start a runtime for", dest))?
+                .block_on(fut)?,
+        };
+        tracing::debug!(url, size = got.size, digest = %got.digest, "ADD download");
+        Ok(got)
     }
 
     fn exec_copy(
@@ -2023,6 +2155,26 @@ fn glob(root: &Root, pattern: &str) -> Result<Vec<PathBuf>> {
     Ok(current)
 }
 
+/// Whether a step builds its layer apart from its parent: `COPY --link`
+/// or `ADD --link` without `--chown` or with a numeric `uid:gid`. A user
+/// or group name, or a uid alone (whose group is the user's primary
+/// group), is looked up in the parent's /etc/passwd and /etc/group, which
+/// ties the layer to the parent, so such a step is built as without
+/// `--link`.
+fn linked(step: &Step) -> bool {
+    let numeric = |c: &Option<UserGroup>| {
+        c.as_ref().is_none_or(|ug| {
+            ug.user.parse::<u32>().is_ok()
+                && ug.group.as_ref().is_some_and(|g| g.parse::<u32>().is_ok())
+        })
+    };
+    match step {
+        Step::Copy(c) => c.link && numeric(&c.chown),
+        Step::Add(a) => a.link && numeric(&a.chown),
+        _ => false,
+    }
+}
+
 fn abs_in(cwd: &str, p: &str) -> String {
     if p.starts_with('/') {
         p.to_string()
@@ -2193,80 +2345,6 @@ fn apply_metadata(
     }
 }
 
-fn url_file_name(url: &str) -> String {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    let after_host = path.splitn(4, '/').nth(3).unwrap_or("");
-    after_host
-        .rsplit('/')
-        .find(|s| !s.is_empty())
-        .map_or_else(|| "__unnamed__".to_string(), str::to_string)
-}
-
-/// Fetch an `http://` URL named by the Dockerfile into `dest`; returns the
-/// hex sha256 of the body. HTTPS is not supported by this builder.
-fn fetch(url: &str, dest: &Path) -> Result<String> {
-    let fail = |reason: String| Error::Fetch {
-        url: url.to_string(),
-        reason,
-    };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| fail("only http:// URLs are supported".into()))?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let path = path.split('#').next().unwrap_or(path);
-    let addr = if hostport.contains(':') && !hostport.ends_with(']') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    let mut stream = std::net::TcpStream::connect(&addr).map_err(|e| fail(e.to_string()))?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .map_err(|e| fail(e.to_string()))?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: vessel-builder\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    let mut reader = io::BufReader::new(stream);
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        let n = io::BufRead::read_line(&mut reader, &mut line).map_err(|e| fail(e.to_string()))?;
-        if n == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-        head.push(line);
-        if head.len() > 200 {
-            return Err(fail("response header too long".into()));
-        }
-    }
-    let status = head
-        .first()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| fail("malformed response".into()))?;
-    if status != 200 {
-        return Err(fail(format!("server answered {status}")));
-    }
-    let mut file = fs::File::create(dest).map_err(io_err("create", dest))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(io_err("write", dest))?;
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 fn dir_size(p: &Path) -> u64 {
     let Ok(m) = p.symlink_metadata() else {
         return 0;
@@ -2355,13 +2433,6 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, data);
-    }
-
-    #[test]
-    fn url_names() {
-        assert_eq!(url_file_name("http://h:1/a/b.txt?x=1"), "b.txt");
-        assert_eq!(url_file_name("http://h/"), "__unnamed__");
-        assert_eq!(url_file_name("http://h/dir/"), "dir");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! - [`exec`]: the executor that turns a Dockerfile and a context
 //!   directory into an image in the store, with stages in parallel.
 //! - `cache`: the persistent step cache; `run`: RUN steps as containers;
-//!   `fsops`: file operations confined to their roots (context unpacking,
-//!   COPY, ADD archives).
+//!   `fetch`: `ADD <url>` downloads; `fsops`: file operations confined to
+//!   their roots (context unpacking, COPY, ADD archives).
 //!
 //! The HTTP side (`POST /build`, the context upload and the JSON stream)
 //! lives in the API module; this module gets an unpacked context.
@@ -14,6 +14,7 @@
 mod cache;
 pub mod dockerfile;
 pub mod exec;
+mod fetch;
 pub mod fsops;
 mod run;
 

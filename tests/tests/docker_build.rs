@@ -779,9 +779,11 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
         "ctx-limits",
         "FROM busybox\n\
          RUN echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) \
+             memsw=$(cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes) \
              shares=$(cat /sys/fs/cgroup/cpu/cpu.shares) \
              quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)/$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us) \
              cpus=$(cat /sys/fs/cgroup/cpuset/cpuset.cpus) \
+             mems=$(cat /sys/fs/cgroup/cpuset/cpuset.mems) \
              shm=$(df -k /dev/shm | tail -1 | awk '{print $2}') \
              nofile=$(ulimit -n) && (grep myhost /etc/hosts || true)\n",
     );
@@ -792,6 +794,8 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
             "--no-cache",
             "--memory",
             "64m",
+            "--memory-swap",
+            "96m",
             "--shm-size",
             "32m",
             "--cpu-shares",
@@ -802,6 +806,8 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
             "50000",
             "--cpuset-cpus",
             "0",
+            "--cpuset-mems",
+            "0",
             "--ulimit",
             "nofile=1024:1024",
             "--add-host",
@@ -811,7 +817,9 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
         ],
     );
     assert!(
-        out.contains("mem=67108864 shares=512 quota=50000/100000 cpus=0 shm=32768 nofile=1024"),
+        out.contains(
+            "mem=67108864 memsw=100663296 shares=512 quota=50000/100000 cpus=0 mems=0 shm=32768 nofile=1024"
+        ),
         "{out}"
     );
     assert!(out.contains("10.1.2.3\tmyhost"), "{out}");
@@ -830,6 +838,8 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
             "--no-cache",
             "--memory",
             "48m",
+            "--memory-swap",
+            "80m",
             "--shm-size",
             "16m",
             "--cpu-shares",
@@ -839,6 +849,8 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
             "--cpu-quota",
             "25000",
             "--cpuset-cpus",
+            "0",
+            "--cpuset-mems",
             "0",
             "--ulimit",
             "nofile=512:512",
@@ -852,7 +864,9 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
     let t = text(&o);
     assert!(o.status.success(), "vessel build: {t}");
     assert!(
-        t.contains("mem=50331648 shares=256 quota=25000/50000 cpus=0 shm=16384 nofile=512"),
+        t.contains(
+            "mem=50331648 memsw=83886080 shares=256 quota=25000/50000 cpus=0 mems=0 shm=16384 nofile=512"
+        ),
         "{t}"
     );
     assert!(t.contains("10.9.8.7\tmyhost"), "{t}");
@@ -866,6 +880,12 @@ fn run_limits_reach_the_run_containers(d: &Daemon) {
     let err = build_err(d, &dir, &["--no-cache", "--memory", "32m"]);
     assert!(err.contains("returned a non-zero code: 137"), "{err}");
     assert!(err.contains("memory limit of 33554432 bytes"), "{err}");
+
+    // A memory node the machine does not have reaches the RUN's cgroup and
+    // fails the step there (with one node, `mems=0` above cannot tell a
+    // value passed on from the runtime's default).
+    let err = build_err(d, &dir, &["--no-cache", "--cpuset-mems", "63"]);
+    assert!(err.contains("cpuset.mems"), "{err}");
 
     // Refused up front with a clear message.
     let err = build_err(d, &dir, &["--ulimit", "nofile=30000:30000"]);

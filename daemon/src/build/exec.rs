@@ -222,8 +222,6 @@ pub struct Builder {
     counter: AtomicU64,
     /// Serialises creation of cache mount directories.
     mounts_lock: std::sync::Mutex<()>,
-    /// Downloads for `ADD <url>`.
-    fetcher: Fetcher,
 }
 
 impl std::fmt::Debug for Builder {
@@ -268,6 +266,9 @@ struct Ctx {
     /// Base images already pulled by this build (`--pull`), with the
     /// outcome, so stages sharing a base pull it once.
     pulled: std::sync::Mutex<HashMap<String, std::result::Result<(), String>>>,
+    /// The downloader for `ADD <url>`, made at the first one: each build
+    /// reads the trusted CA certificates afresh, as each pull does.
+    fetcher: std::sync::OnceLock<Fetcher>,
 }
 
 fn now_ns() -> u128 {
@@ -351,7 +352,6 @@ impl Builder {
             runtime: run::find_runtime(),
             counter: AtomicU64::new(0),
             mounts_lock: std::sync::Mutex::new(()),
-            fetcher: Fetcher::new(&[], DOWNLOAD_TIMEOUT)?,
         })
     }
 
@@ -563,6 +563,7 @@ impl Builder {
             total: n,
             names,
             pulled: std::sync::Mutex::new(HashMap::new()),
+            fetcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -1516,7 +1517,7 @@ impl Builder {
                     ));
                     fs::create_dir(&dir).map_err(io_err("create directory", &dir))?;
                     let file = dir.join("download");
-                    let got = self.download(p, &file, checksum.as_ref())?;
+                    let got = Self::download(ctx, p, &file, checksum.as_ref())?;
                     // The key names the content, not its mtime: an
                     // unchanged file hits the cache after a new download.
                     h.update(format!("url\0{p}\0{}\0{}", got.name, got.digest).as_bytes());
@@ -1584,12 +1585,18 @@ impl Builder {
 
     /// Download `url` into `dest`, blocking this (blocking-pool) thread.
     fn download(
-        &self,
+        ctx: &Ctx,
         url: &str,
         dest: &Path,
         checksum: Option<&fetch::Checksum>,
     ) -> Result<fetch::Fetched> {
-        let fut = self.fetcher.fetch(url, dest, checksum);
+        let fetcher = if let Some(f) = ctx.fetcher.get() {
+            f
+        } else {
+            let f = Fetcher::new(&[], DOWNLOAD_TIMEOUT)?;
+            ctx.fetcher.get_or_init(|| f)
+        };
+        let fut = fetcher.fetch(url, dest, checksum);
         let got = match tokio::runtime::Handle::try_current() {
             Ok(h) => h.block_on(fut)?,
             Err(_) => tokio::runtime::Builder::new_current_thread()

@@ -322,12 +322,19 @@ impl Fetcher {
                 });
             }
         };
-        let authority = uri
+        let full = uri
             .authority()
             .map(ToString::to_string)
             .ok_or(Error::Scheme {
                 url: url.to_string(),
             })?;
+        // `user:password@` in the URL is sent as basic authentication, as
+        // Go's client (Docker's) does, never in the Host header or in a
+        // message.
+        let (userinfo, authority) = match full.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h.to_string()),
+            None => (None, full),
+        };
         let host = uri
             .host()
             .unwrap_or_default()
@@ -389,8 +396,13 @@ impl Fetcher {
             }
         });
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
-        let req = Request::get(target)
-            .header(header::HOST, authority.as_str())
+        let mut req = Request::get(target).header(header::HOST, authority.as_str());
+        if let Some(u) = &userinfo {
+            use base64::Engine as _;
+            let enc = base64::engine::general_purpose::STANDARD.encode(percent_decode(u));
+            req = req.header(header::AUTHORIZATION, format!("Basic {enc}"));
+        }
+        let req = req
             .header(
                 header::USER_AGENT,
                 concat!("vessel-builder/", env!("CARGO_PKG_VERSION")),
@@ -523,6 +535,26 @@ impl Fetcher {
         let name = file_name(url, headers.get(header::CONTENT_DISPOSITION));
         Ok(Fetched { digest, size, name })
     }
+}
+
+/// `%XX` escapes decoded (user information in a URL).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Whether following `from` to `to` would leave TLS.
@@ -755,6 +787,29 @@ mod tests {
         (port, h)
     }
 
+    /// A loopback server answering one request with `answer` after
+    /// handing the request head to `check`.
+    fn serve_checked(
+        answer: Vec<u8>,
+        check: impl FnOnce(&str) + Send + 'static,
+    ) -> (u16, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "request ended early");
+                req.extend_from_slice(&buf[..n]);
+            }
+            check(&String::from_utf8_lossy(&req));
+            c.write_all(&answer).unwrap();
+        });
+        (port, h)
+    }
+
     fn fetch(f: &Fetcher, url: &str, dest: &Path, sum: Option<&Checksum>) -> Result<Fetched> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -796,6 +851,27 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         }
+
+        // User information goes out as basic authentication.
+        let (port, h) = serve_checked(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            move |req| {
+                assert!(
+                    req.contains("authorization: Basic dXNlcjpwIHc=\r\n"),
+                    "{req}"
+                );
+                assert!(req.contains("host: 127.0.0.1:"), "{req}");
+                assert!(!req.contains("user:p"), "{req}");
+            },
+        );
+        fetch(
+            &f,
+            &format!("http://user:p%20w@127.0.0.1:{port}/auth"),
+            &dir.path().join("auth"),
+            None,
+        )
+        .unwrap();
+        h.join().unwrap();
 
         // A body shorter than announced.
         let (port, h) = serve(vec![Some(

@@ -329,8 +329,8 @@ impl Fetcher {
                 url: url.to_string(),
             })?;
         // `user:password@` in the URL is sent as basic authentication, as
-        // Go's client (Docker's) does, never in the Host header or in a
-        // message.
+        // Go's client (Docker's) does, not in the Host header; messages
+        // name the server without it.
         let (userinfo, authority) = match full.rsplit_once('@') {
             Some((u, h)) => (Some(u.to_string()), h.to_string()),
             None => (None, full),

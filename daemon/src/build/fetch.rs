@@ -818,6 +818,113 @@ mod tests {
         rt.block_on(f.fetch(url, dest, sum))
     }
 
+    /// A CA (PEM) and a certificate with its key for 127.0.0.1 signed by it.
+    fn pki() -> (
+        String,
+        rustls_pki_types::CertificateDer<'static>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    ) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (
+            ca.pem(),
+            cert.der().clone(),
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    #[test]
+    fn https_with_a_given_ca_and_no_downgrade() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = pki();
+        std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                loop {
+                    let (tcp, _) = l.accept().await.unwrap();
+                    // A client that does not trust the CA hangs up here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        continue;
+                    };
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = tls.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "request ended early");
+                        req.extend_from_slice(&buf[..n]);
+                    }
+                    let answer: &[u8] = if req.starts_with(b"GET /down ") {
+                        b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/plain\r\nContent-Length: 0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsecure\n"
+                    };
+                    tls.write_all(answer).await.unwrap();
+                    tls.shutdown().await.unwrap();
+                }
+            });
+            let trusting = Fetcher::new(&[dir.path().join("ca.pem")], Duration::from_secs(10))
+                .unwrap();
+            let dest = dir.path().join("secure");
+            let url = format!("https://127.0.0.1:{port}/file");
+            trusting.fetch(&url, &dest, None).await.unwrap();
+            assert_eq!(std::fs::read(&dest).unwrap(), b"secure\n");
+
+            let e = trusting
+                .fetch(
+                    &format!("https://127.0.0.1:{port}/down"),
+                    &dir.path().join("down"),
+                    None,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "ADD https://127.0.0.1:{port}/down: refusing the redirect from https to http://127.0.0.1:9/plain"
+                )
+            );
+
+            let system_only = Fetcher::new(&[], Duration::from_secs(10)).unwrap();
+            let e = system_only
+                .fetch(&url, &dir.path().join("untrusted"), None)
+                .await
+                .unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "ADD {url}: TLS handshake with 127.0.0.1:{port} failed: the server's certificate is not trusted"
+                )),
+                "{e}"
+            );
+            assert!(!dir.path().join("untrusted").exists());
+        });
+    }
+
     #[test]
     fn chunked_short_redirect_loop_and_timeout() {
         let dir = tempfile::tempdir().unwrap();

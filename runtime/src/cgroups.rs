@@ -7,13 +7,24 @@
 //! layout's cgroup2 side (where this kind of host keeps `hugetlb`), the
 //! `unified` key/value map, and cheap status probes that do not need a full
 //! manager. It knows nothing about namespaces or processes beyond PIDs.
+//!
+//! The host's hierarchies are described once per operation by a
+//! [`Hierarchies`] value (one read of `/proc/self/mountinfo`, shared by the
+//! cgroup, its status and its PIDs); cgroups-rs's own manager, which reads
+//! the mounts again whenever one is made, is used only for statistics.
 
+mod resources;
+
+use std::cell::OnceCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
+use cgroups_rs::CgroupPid;
+use cgroups_rs::fs::freezer::FreezerController;
+use cgroups_rs::fs::{Controllers, Hierarchy, Subsystem};
 use cgroups_rs::manager::{FsManager, Manager};
-use cgroups_rs::{CgroupPid, FreezerState};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 use serde::Serialize;
 
@@ -21,6 +32,35 @@ use crate::error::{Error, Result};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const HYBRID_UNIFIED: &str = "/sys/fs/cgroup/unified";
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// A failure inside cgroups-rs, worded as cgroups-rs's manager words it, so
+/// that messages read the same whether or not the manager did the work.
+#[derive(Debug)]
+enum FsFailure {
+    /// A controller file could not be read or written.
+    Fs(cgroups_rs::fs::error::Error),
+    /// The host has no hierarchy with the controller a setting needs.
+    NoController,
+    /// A resource value the kernel would refuse.
+    Invalid,
+}
+
+impl std::fmt::Display for FsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsFailure::Fs(e) => write!(f, "cgroupfs error: {e}"),
+            FsFailure::NoController => f.write_str("cgroupfs error: subsystems is empty"),
+            FsFailure::Invalid => f.write_str("invalid linux resource"),
+        }
+    }
+}
+
+impl From<cgroups_rs::fs::error::Error> for FsFailure {
+    fn from(e: cgroups_rs::fs::error::Error) -> FsFailure {
+        FsFailure::Fs(e)
+    }
+}
 
 /// How the host's cgroups are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,19 +147,23 @@ fn own_cgroup() -> String {
 /// A container's cgroup.
 pub struct Cgroup {
     path: String,
-    layout: Layout,
-    mgr: FsManager,
+    hier: Hierarchies,
+    cg: cgroups_rs::fs::Cgroup,
+    /// cgroups-rs's manager, made on the first `stats` only: it reads the
+    /// mounts again when it is made.
+    stats_mgr: OnceCell<FsManager>,
 }
 
 impl Cgroup {
-    /// Refer to the cgroup at `path` (not created until [`Cgroup::apply`]).
-    pub fn open(path: &str) -> Result<Cgroup> {
+    /// Refer to the cgroup at `path` (not created until [`Cgroup::create`]
+    /// or [`Cgroup::apply`]), in the hierarchies `hier` describes.
+    pub fn open(path: &str, hier: &Hierarchies) -> Result<Cgroup> {
         let rel = path.trim_start_matches('/');
-        let mgr = FsManager::new(rel).map_err(|e| Error::Cgroup(format!("{path}: {e}")))?;
         Ok(Cgroup {
             path: path.to_string(),
-            layout: layout(),
-            mgr,
+            hier: hier.clone(),
+            cg: cgroups_rs::fs::Cgroup::load(hier.fs_hierarchy(), rel),
+            stats_mgr: OnceCell::new(),
         })
     }
 
@@ -132,12 +176,10 @@ impl Cgroup {
     /// it, so that its limits can be set, and the container can bind its
     /// directories, before the first process joins.
     pub fn create(&mut self) -> Result<()> {
-        cgroups_rs::fs::Cgroup::new(
-            cgroups_rs::fs::hierarchies::auto(),
-            self.path.trim_start_matches('/'),
-        )
-        .map_err(|e| Error::Cgroup(format!("{}: create: {e}", self.path)))?;
-        if self.layout == Layout::Hybrid {
+        self.cg
+            .create()
+            .map_err(|e| Error::Cgroup(format!("{}: create: {e}", self.path)))?;
+        if self.layout() == Layout::Hybrid {
             create_v2_dir(Path::new(HYBRID_UNIFIED), &self.path)?;
         }
         Ok(())
@@ -146,10 +188,20 @@ impl Cgroup {
     /// Create the cgroup in every hierarchy (if [`Cgroup::create`] has not)
     /// and move `pid` into it.
     pub fn apply(&mut self, pid: i32) -> Result<()> {
-        self.mgr
-            .add_proc(CgroupPid::from(pid as u64))
-            .map_err(|e| Error::Cgroup(format!("{}: add process {pid}: {e}", self.path)))?;
-        if self.layout == Layout::Hybrid {
+        let added = if self.cg.exists() {
+            Ok(())
+        } else {
+            self.cg.create()
+        }
+        .and_then(|()| self.cg.add_task_by_tgid(CgroupPid::from(pid as u64)));
+        added.map_err(|e| {
+            Error::Cgroup(format!(
+                "{}: add process {pid}: {}",
+                self.path,
+                FsFailure::Fs(e)
+            ))
+        })?;
+        if self.layout() == Layout::Hybrid {
             let dir = self.unified_dir();
             if !dir.is_dir() {
                 create_v2_dir(Path::new(HYBRID_UNIFIED), &self.path)?;
@@ -171,14 +223,13 @@ impl Cgroup {
         let mut generic = res.clone();
         generic.set_devices(None);
         generic.set_unified(None);
-        if self.layout == Layout::Hybrid {
+        if self.layout() == Layout::Hybrid {
             generic.set_hugepage_limits(None);
         }
-        self.mgr
-            .set(&generic)
+        resources::apply(&self.cg, &generic)
             .map_err(|e| Error::Cgroup(format!("{}: set resources: {e}", self.path)))?;
         self.set_devices(res.devices().as_deref().unwrap_or_default(), devices)?;
-        if self.layout == Layout::Hybrid {
+        if self.layout() == Layout::Hybrid {
             if let Some(limits) = res.hugepage_limits() {
                 let dir = self.unified_dir();
                 for l in limits {
@@ -192,7 +243,7 @@ impl Cgroup {
             }
         }
         if let Some(unified) = res.unified() {
-            let dir = match self.layout {
+            let dir = match self.layout() {
                 Layout::V2 => Path::new(CGROUP_ROOT).join(self.path.trim_start_matches('/')),
                 Layout::Hybrid => self.unified_dir(),
                 Layout::V1 => {
@@ -214,7 +265,7 @@ impl Cgroup {
     }
 
     fn set_devices(&self, rules: &[LinuxDeviceCgroup], devices: &[LinuxDevice]) -> Result<()> {
-        if self.layout == Layout::V2 {
+        if self.layout() == Layout::V2 {
             // No devices controller on cgroup2: the same rules become an
             // eBPF program attached to the cgroup.
             let mut all = rules.to_vec();
@@ -222,9 +273,7 @@ impl Cgroup {
             let dir = Path::new(CGROUP_ROOT).join(self.path.trim_start_matches('/'));
             return crate::devfilter::install(&all, &dir);
         }
-        let Some((mount, _)) = cgroups_rs::fs::hierarchies::V1::new()
-            .get_mount_point(cgroups_rs::fs::Controllers::Devices)
-        else {
+        let Some(mount) = self.hier.v1_mount("devices") else {
             return Ok(());
         };
         let dir = mount.join(self.path.trim_start_matches('/'));
@@ -245,32 +294,38 @@ impl Cgroup {
         Path::new(HYBRID_UNIFIED).join(self.path.trim_start_matches('/'))
     }
 
+    fn freezer(&self) -> std::result::Result<&FreezerController, FsFailure> {
+        self.cg
+            .controller_of::<FreezerController>()
+            .ok_or(FsFailure::NoController)
+    }
+
     /// Freeze every process in the cgroup.
     pub fn freeze(&self) -> Result<()> {
-        self.mgr
-            .freeze(FreezerState::Frozen)
+        self.freezer()
+            .and_then(|f| f.freeze().map_err(FsFailure::Fs))
             .map_err(|e| Error::Cgroup(format!("{}: freeze: {e}", self.path)))
     }
 
     /// Thaw a frozen cgroup.
     pub fn thaw(&self) -> Result<()> {
-        self.mgr
-            .freeze(FreezerState::Thawed)
+        self.freezer()
+            .and_then(|f| f.thaw().map_err(FsFailure::Fs))
             .map_err(|e| Error::Cgroup(format!("{}: thaw: {e}", self.path)))
     }
 
     /// PIDs of all processes in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        pids_of(&self.path)
+        self.hier.pids_of(&self.path)
     }
 
     /// Remove the cgroup from every hierarchy. Processes must be gone.
     pub fn destroy(&mut self) -> Result<()> {
         let mut errors = Vec::new();
-        if let Err(e) = self.mgr.destroy() {
-            errors.push(format!("{e}"));
+        if let Err(e) = self.remove_dirs() {
+            errors.push(format!("{}", FsFailure::Fs(e)));
         }
-        if self.layout == Layout::Hybrid {
+        if self.layout() == Layout::Hybrid {
             let dir = self.unified_dir();
             if let Err(e) = std::fs::remove_dir(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -289,9 +344,37 @@ impl Cgroup {
         }
     }
 
+    /// The cgroups-rs part of [`Cgroup::destroy`]: move any process left
+    /// to the root cgroup (a cgroup with members cannot be removed), then
+    /// remove the directories.
+    fn remove_dirs(&self) -> cgroups_rs::fs::error::Result<()> {
+        if !self.cg.exists() {
+            return Ok(());
+        }
+        // Errors are ignored: what matters is whether the removal works.
+        if self.cg.v2() {
+            for tgid in self.cg.procs() {
+                let _ = self.cg.remove_task_by_tgid(tgid);
+            }
+        } else {
+            for tid in self.cg.tasks() {
+                let _ = self.cg.remove_task(tid);
+            }
+        }
+        self.cg.delete()
+    }
+
     /// Resource usage, in the shape `events --stats` prints.
-    pub fn stats(&self) -> Stats {
-        let s = self.mgr.stats();
+    pub fn stats(&self) -> Result<Stats> {
+        let mgr = if let Some(m) = self.stats_mgr.get() {
+            m
+        } else {
+            let rel = self.path.trim_start_matches('/');
+            let m =
+                FsManager::new(rel).map_err(|e| Error::Cgroup(format!("{}: {e}", self.path)))?;
+            self.stats_mgr.get_or_init(|| m)
+        };
+        let s = mgr.stats();
         let mut out = Stats::default();
         if let Some(acct) = s.cpu.cpu_acct {
             out.cpu.usage = CpuUsage {
@@ -369,7 +452,7 @@ impl Cgroup {
                 },
             );
         }
-        if self.layout == Layout::Hybrid {
+        if self.layout() == Layout::Hybrid {
             let dir = self.unified_dir();
             for size in hugetlb_sizes(&dir) {
                 let read = |f: &str| read_u64(&dir.join(format!("hugetlb.{size}.{f}")));
@@ -383,26 +466,27 @@ impl Cgroup {
                 );
             }
         }
-        out
+        Ok(out)
     }
 
     /// A file of the memory controller (for OOM notification).
     pub fn memory_file(&self, name: &str) -> Option<PathBuf> {
-        match self.layout {
+        match self.layout() {
             Layout::V2 => Some(
                 Path::new(CGROUP_ROOT)
                     .join(self.path.trim_start_matches('/'))
                     .join(name),
             ),
-            _ => cgroups_rs::fs::hierarchies::V1::new()
-                .get_mount_point(cgroups_rs::fs::Controllers::Mem)
-                .map(|(m, _)| m.join(self.path.trim_start_matches('/')).join(name)),
+            _ => self
+                .hier
+                .v1_mount("memory")
+                .map(|m| m.join(self.path.trim_start_matches('/')).join(name)),
         }
     }
 
     /// The host's layout as seen when this cgroup was opened.
     pub fn layout(&self) -> Layout {
-        self.layout
+        self.hier.layout()
     }
 }
 
@@ -538,71 +622,259 @@ fn hugetlb_sizes(dir: &Path) -> Vec<String> {
     sizes
 }
 
-/// Whether the cgroup at `path` is frozen, without building a manager.
-pub fn is_frozen(path: &str) -> bool {
-    let rel = path.trim_start_matches('/');
-    if layout() == Layout::V2 {
-        return std::fs::read_to_string(Path::new(CGROUP_ROOT).join(rel).join("cgroup.freeze"))
-            .is_ok_and(|s| s.trim() == "1");
+/// The host's cgroup hierarchies as one operation sees them: the layout and,
+/// on v1 and hybrid hosts, the v1 mount points.
+///
+/// The mounts are read from `/proc/self/mountinfo` the first time something
+/// needs them, and then shared by everything the operation does with this
+/// value or its clones (the container's [`Cgroup`], its status, its PIDs),
+/// so one operation parses them once. A pure v2 host never reads them.
+/// Controllers can be moved between hierarchies while containers run, so a
+/// value is meant to live for one operation, not for a process's lifetime.
+#[derive(Debug, Clone)]
+pub struct Hierarchies {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    layout: Layout,
+    v1: OnceLock<Vec<V1Mount>>,
+}
+
+/// One mounted v1 hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct V1Mount {
+    /// Where it is mounted.
+    point: PathBuf,
+    /// The cgroup at the mount point, relative to the hierarchy's root
+    /// (`/` unless a sub-tree is mounted).
+    root: PathBuf,
+    /// Superblock options: the controllers bound to it (and `rw`, `name=...`).
+    options: Vec<String>,
+}
+
+impl Hierarchies {
+    /// The host's hierarchies; the mounts are read when first needed.
+    pub fn detect() -> Hierarchies {
+        Hierarchies::with_layout(layout(), OnceLock::new())
     }
-    let base = v1_mount("freezer").unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/freezer"));
-    std::fs::read_to_string(base.join(rel).join("freezer.state"))
-        .is_ok_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
-}
 
-/// How many processes the kernel's OOM killer has killed in the cgroup at
-/// `path` (from memory.oom_control on v1, memory.events on v2).
-pub fn oom_kills(path: &str) -> u64 {
-    let rel = path.trim_start_matches('/');
-    let (file, key) = if layout() == Layout::V2 {
-        (
-            Path::new(CGROUP_ROOT).join(rel).join("memory.events"),
-            "oom_kill",
-        )
-    } else {
-        let Some(base) = v1_mount("memory") else {
-            return 0;
-        };
-        (base.join(rel).join("memory.oom_control"), "oom_kill")
-    };
-    read_kv(&file, key)
-}
+    /// The hierarchies described by a `mountinfo` text, on a host of the
+    /// given layout.
+    pub fn from_mountinfo(layout: Layout, mountinfo: &str) -> Hierarchies {
+        Hierarchies::with_layout(layout, OnceLock::from(parse_v1_mounts(mountinfo)))
+    }
 
-/// PIDs in the cgroup at `path`, from the pids (or freezer/memory) controller.
-pub fn pids_of(path: &str) -> Vec<i32> {
-    let rel = path.trim_start_matches('/');
-    let dirs: Vec<PathBuf> = if layout() == Layout::V2 {
-        vec![Path::new(CGROUP_ROOT).join(rel)]
-    } else {
-        ["pids", "freezer", "memory", "cpu"]
+    fn with_layout(layout: Layout, v1: OnceLock<Vec<V1Mount>>) -> Hierarchies {
+        Hierarchies {
+            shared: Arc::new(Shared { layout, v1 }),
+        }
+    }
+
+    /// The host's layout.
+    pub fn layout(&self) -> Layout {
+        self.shared.layout
+    }
+
+    fn v1_mounts(&self) -> &[V1Mount] {
+        if self.shared.layout == Layout::V2 {
+            return &[];
+        }
+        self.shared.v1.get_or_init(|| {
+            let text = std::fs::read_to_string(MOUNTINFO).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "read {MOUNTINFO}");
+                String::new()
+            });
+            parse_v1_mounts(&text)
+        })
+    }
+
+    fn v1_hierarchy(&self, controller: &str) -> Option<&V1Mount> {
+        self.v1_mounts()
             .iter()
-            .filter_map(|c| v1_mount(c))
-            .map(|m| m.join(rel))
-            .collect()
-    };
-    for dir in dirs {
-        if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            return s.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            .find(|m| m.options.iter().any(|o| o == controller))
+    }
+
+    /// The mount point of a v1 controller (`None` on a pure v2 host).
+    pub fn v1_mount(&self, controller: &str) -> Option<&Path> {
+        self.v1_hierarchy(controller).map(|m| m.point.as_path())
+    }
+
+    /// The hierarchy in the shape cgroups-rs takes, built from this
+    /// description without reading the mounts again.
+    fn fs_hierarchy(&self) -> Box<dyn Hierarchy> {
+        match self.layout() {
+            Layout::V2 => Box::new(cgroups_rs::fs::hierarchies::V2::new()),
+            Layout::V1 | Layout::Hybrid => Box::new(SharedV1(self.clone())),
         }
     }
-    Vec::new()
+
+    /// PIDs in the cgroup at `path`, from the pids (or freezer, memory,
+    /// cpu) controller.
+    pub fn pids_of(&self, path: &str) -> Vec<i32> {
+        let rel = path.trim_start_matches('/');
+        let dirs: Vec<PathBuf> = if self.layout() == Layout::V2 {
+            vec![Path::new(CGROUP_ROOT).join(rel)]
+        } else {
+            ["pids", "freezer", "memory", "cpu"]
+                .iter()
+                .filter_map(|c| self.v1_mount(c))
+                .map(|m| m.join(rel))
+                .collect()
+        };
+        for dir in dirs {
+            if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                return s.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            }
+        }
+        Vec::new()
+    }
+
+    /// Whether the cgroup at `path` is frozen, without building a manager.
+    pub fn is_frozen(&self, path: &str) -> bool {
+        let rel = path.trim_start_matches('/');
+        if self.layout() == Layout::V2 {
+            return std::fs::read_to_string(Path::new(CGROUP_ROOT).join(rel).join("cgroup.freeze"))
+                .is_ok_and(|s| s.trim() == "1");
+        }
+        let base = self.v1_mount("freezer").map_or_else(
+            || PathBuf::from("/sys/fs/cgroup/freezer"),
+            Path::to_path_buf,
+        );
+        std::fs::read_to_string(base.join(rel).join("freezer.state"))
+            .is_ok_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
+    }
+
+    /// How many processes the kernel's OOM killer has killed in the cgroup
+    /// at `path` (from memory.oom_control on v1, memory.events on v2).
+    pub fn oom_kills(&self, path: &str) -> u64 {
+        let rel = path.trim_start_matches('/');
+        let file = if self.layout() == Layout::V2 {
+            Path::new(CGROUP_ROOT).join(rel).join("memory.events")
+        } else {
+            let Some(base) = self.v1_mount("memory") else {
+                return 0;
+            };
+            base.join(rel).join("memory.oom_control")
+        };
+        read_kv(&file, "oom_kill")
+    }
 }
 
-/// The mount point of a v1 controller, from /proc/self/mountinfo.
-pub fn v1_mount(controller: &str) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let mut post = post.split(' ');
-        if post.next()? != "cgroup" {
-            return None;
+/// The v1 hierarchies (type `cgroup`) of a mountinfo text, in its order.
+/// cgroup2 mounts (a hybrid host's `unified`) are not among them.
+fn parse_v1_mounts(mountinfo: &str) -> Vec<V1Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mut post = post.split(' ');
+            if post.next()? != "cgroup" {
+                return None;
+            }
+            let options = post.nth(1)?.split(',').map(str::to_string).collect();
+            let mut pre = pre.split(' ').skip(3);
+            let root = PathBuf::from(pre.next()?);
+            let point = PathBuf::from(pre.next()?);
+            Some(V1Mount {
+                point,
+                root,
+                options,
+            })
+        })
+        .collect()
+}
+
+/// cgroups-rs's v1 hierarchy over a [`Hierarchies`] parse: the same
+/// controllers, in the same order, as its own (which reads mountinfo each
+/// time one is made, and cgroups-rs makes one for every root or parent
+/// cgroup it looks at).
+#[derive(Debug)]
+struct SharedV1(Hierarchies);
+
+impl Hierarchy for SharedV1 {
+    fn subsystems(&self) -> Vec<Subsystem> {
+        use cgroups_rs::fs::{
+            blkio::BlkIoController, cpu::CpuController, cpuacct::CpuAcctController,
+            cpuset::CpuSetController, devices::DevicesController, freezer::FreezerController,
+            hugetlb::HugeTlbController, memory::MemController, net_cls::NetClsController,
+            net_prio::NetPrioController, perf_event::PerfEventController, pid::PidController,
+            rdma::RdmaController, systemd::SystemdController,
+        };
+        let at = |c: Controllers| {
+            self.0
+                .v1_hierarchy(&c.to_string())
+                .map(|m| (m.point.clone(), m.root.clone()))
+        };
+        let mut subs = Vec::new();
+        // blkio before memory: cgroup writeback needs a process in its blkio
+        // cgroup before its memory cgroup (cgroups-rs keeps this order).
+        if let Some((p, r)) = at(Controllers::BlkIo) {
+            subs.push(Subsystem::BlkIo(BlkIoController::new(p, r, false)));
         }
-        let opts = post.nth(1)?;
-        if !opts.split(',').any(|o| o == controller) {
-            return None;
+        if let Some((p, r)) = at(Controllers::Mem) {
+            subs.push(Subsystem::Mem(MemController::new(p, r, false)));
         }
-        pre.split(' ').nth(4).map(PathBuf::from)
-    })
+        if let Some((p, r)) = at(Controllers::Pids) {
+            subs.push(Subsystem::Pid(PidController::new(p, r, false)));
+        }
+        if let Some((p, r)) = at(Controllers::CpuSet) {
+            subs.push(Subsystem::CpuSet(CpuSetController::new(p, r, false)));
+        }
+        if let Some((p, r)) = at(Controllers::CpuAcct) {
+            subs.push(Subsystem::CpuAcct(CpuAcctController::new(p, r)));
+        }
+        if let Some((p, r)) = at(Controllers::Cpu) {
+            subs.push(Subsystem::Cpu(CpuController::new(p, r, false)));
+        }
+        if let Some((p, r)) = at(Controllers::Devices) {
+            subs.push(Subsystem::Devices(DevicesController::new(p, r)));
+        }
+        if let Some((p, r)) = at(Controllers::Freezer) {
+            subs.push(Subsystem::Freezer(FreezerController::new(p, r, false)));
+        }
+        if let Some((p, r)) = at(Controllers::NetCls) {
+            subs.push(Subsystem::NetCls(NetClsController::new(p, r)));
+        }
+        if let Some((p, r)) = at(Controllers::PerfEvent) {
+            subs.push(Subsystem::PerfEvent(PerfEventController::new(p, r)));
+        }
+        if let Some((p, r)) = at(Controllers::NetPrio) {
+            subs.push(Subsystem::NetPrio(NetPrioController::new(p, r)));
+        }
+        if let Some((p, r)) = at(Controllers::HugeTlb) {
+            subs.push(Subsystem::HugeTlb(HugeTlbController::new(p, r, false)));
+        }
+        if let Some((p, r)) = at(Controllers::Rdma) {
+            subs.push(Subsystem::Rdma(RdmaController::new(p, r)));
+        }
+        if let Some((p, r)) = at(Controllers::Systemd) {
+            subs.push(Subsystem::Systemd(SystemdController::new(p, r, false)));
+        }
+        subs
+    }
+
+    fn root(&self) -> PathBuf {
+        self.0
+            .v1_mounts()
+            .first()
+            .and_then(|m| m.point.parent())
+            .map_or_else(|| PathBuf::from(CGROUP_ROOT), Path::to_path_buf)
+    }
+
+    fn root_control_group(&self) -> cgroups_rs::fs::Cgroup {
+        cgroups_rs::fs::Cgroup::load(self.0.fs_hierarchy(), "")
+    }
+
+    fn parent_control_group(&self, path: &str) -> cgroups_rs::fs::Cgroup {
+        let parent = Path::new(path).parent().unwrap_or(Path::new(""));
+        cgroups_rs::fs::Cgroup::load(self.0.fs_hierarchy(), parent)
+    }
+
+    fn v2(&self) -> bool {
+        false
+    }
 }
 
 /// Resource statistics in runc's `events --stats` shape.
@@ -753,5 +1025,86 @@ mod tests {
         assert!(resolve_path(Some(Path::new("system.slice:vessel:abc")), "x").is_err());
         let rel = resolve_path(Some(Path::new("sub/c")), "x").unwrap();
         assert!(rel.ends_with("/sub/c") && rel.starts_with('/'), "{rel}");
+    }
+
+    /// A v1 host with combined controllers, a sub-tree mount and a named
+    /// hierarchy, then the same with a hybrid cgroup2 hierarchy, then a pure
+    /// v2 host: one parse answers every controller, cgroups-rs's view is
+    /// built from it, and clones share it.
+    #[test]
+    fn shared_parse_of_the_hierarchies() {
+        use cgroups_rs::fs::Controller as _;
+        const V1: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+25 22 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/systemd rw,nosuid shared:9 - cgroup cgroup rw,xattr,name=systemd
+29 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:10 - cgroup cgroup rw,cpu,cpuacct
+30 25 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:11 - cgroup cgroup rw,memory
+31 25 0:28 /lxc/c1 /sys/fs/cgroup/pids rw,nosuid shared:12 - cgroup cgroup rw,pids
+32 25 0:29 / /sys/fs/cgroup/freezer rw,nosuid shared:13 - cgroup cgroup rw,freezer
+33 25 0:30 / /sys/fs/cgroup/devices rw,nosuid shared:14 - cgroup cgroup rw,devices
+";
+        let unified =
+            "34 25 0:31 / /sys/fs/cgroup/unified rw,nosuid shared:15 - cgroup2 cgroup2 rw\n";
+        for (layout, text) in [
+            (Layout::V1, V1.to_string()),
+            (Layout::Hybrid, format!("{V1}{unified}")),
+        ] {
+            let h = Hierarchies::from_mountinfo(layout, &text);
+            assert_eq!(h.layout(), layout);
+            let at = |c| h.v1_mount(c).map(Path::to_path_buf);
+            assert_eq!(at("memory"), Some(PathBuf::from("/sys/fs/cgroup/memory")));
+            assert_eq!(at("cpu"), Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+            assert_eq!(at("cpuacct"), at("cpu"));
+            assert_eq!(
+                at("name=systemd"),
+                Some(PathBuf::from("/sys/fs/cgroup/systemd"))
+            );
+            assert_eq!(
+                at("hugetlb"),
+                None,
+                "{layout:?}: cgroup2 is not a v1 hierarchy"
+            );
+            assert_eq!(h.v1_mounts().len(), 6);
+            assert_eq!(
+                h.v1_hierarchy("pids").unwrap().root,
+                PathBuf::from("/lxc/c1")
+            );
+
+            // cgroups-rs's view: one controller per hierarchy it knows, each
+            // below its mount point, with no further read of the mounts.
+            let cg = cgroups_rs::fs::Cgroup::load(h.fs_hierarchy(), "vessel/x");
+            assert!(!cg.v2());
+            let mem: &cgroups_rs::fs::memory::MemController = cg.controller_of().unwrap();
+            assert_eq!(mem.path(), Path::new("/sys/fs/cgroup/memory/vessel/x"));
+            let cpu: &cgroups_rs::fs::cpu::CpuController = cg.controller_of().unwrap();
+            assert_eq!(cpu.path(), Path::new("/sys/fs/cgroup/cpu,cpuacct/vessel/x"));
+            assert!(cg.controller_of::<FreezerController>().is_some());
+            assert!(
+                cg.controller_of::<cgroups_rs::fs::blkio::BlkIoController>()
+                    .is_none()
+            );
+            assert_eq!(
+                cg.subsystems().len(),
+                7,
+                "systemd, cpu, cpuacct, memory, pids, freezer, devices"
+            );
+            assert_eq!(SharedV1(h.clone()).root(), PathBuf::from("/sys/fs/cgroup"));
+
+            // Clones share the one parse.
+            let clone = h.clone();
+            assert!(std::ptr::eq(clone.v1_mounts(), h.v1_mounts()));
+        }
+
+        // Pure v2: no v1 hierarchy even if a stray v1 mount is listed, and
+        // cgroups-rs gets its own v2 hierarchy.
+        let v2 = Hierarchies::from_mountinfo(
+            Layout::V2,
+            "25 22 0:22 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n\
+             26 22 0:23 / /mnt/old rw - cgroup cgroup rw,memory\n",
+        );
+        assert_eq!(v2.v1_mount("memory"), None);
+        assert!(v2.fs_hierarchy().v2());
+        assert!(parse_v1_mounts("garbage\n\n - cgroup\n").is_empty());
     }
 }

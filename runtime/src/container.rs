@@ -20,7 +20,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
-use crate::cgroups::Cgroup;
+use crate::cgroups::{Cgroup, Hierarchies};
 use crate::error::{Error, Result, SysContext};
 use crate::init::{ChildConfig, Role};
 use crate::spec::Bundle;
@@ -251,7 +251,7 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
         None
     };
     let (new, join) = namespace_plan(&spec)?;
-    let mut cgroup = Cgroup::open(&cgroup_path)?;
+    let mut cgroup = Cgroup::open(&cgroup_path, &Hierarchies::detect())?;
     // The cgroup and its limits exist before the fork. The first move of a
     // process into a v1 cgroup waits for an RCU grace period (milliseconds);
     // unless the container gets a cgroup namespace (rooted where its first
@@ -552,12 +552,13 @@ pub fn list(root: &Root) -> Result<Vec<ContainerState>> {
 /// Send a signal to the container's init, or to all its processes.
 pub fn kill(root: &Root, id: &str, sig: i32, all: bool) -> Result<()> {
     let state = root.load(id)?;
-    let status = state.status(root);
+    let hier = Hierarchies::detect();
+    let status = state.status_in(root, &hier);
     if status == Status::Stopped {
         return Err(Error::NotRunning);
     }
     if all {
-        let cg = Cgroup::open(&state.cgroup_path)?;
+        let cg = Cgroup::open(&state.cgroup_path, &hier)?;
         signal_all(&cg, sig);
         return Ok(());
     }
@@ -600,6 +601,12 @@ fn wait_gone(pids: &[i32], limit: Duration) {
 /// Delete a container. A running one is refused unless `force`, which
 /// kills it first. Deleting an unknown container with `force` succeeds.
 pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
+    delete_in(root, id, force, &Hierarchies::detect())
+}
+
+/// [`delete`] with the cgroup hierarchies the calling operation already
+/// has.
+pub fn delete_in(root: &Root, id: &str, force: bool, hier: &Hierarchies) -> Result<()> {
     let state = match root.load(id) {
         Ok(s) => s,
         Err(Error::NotExist(_)) => {
@@ -617,8 +624,8 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     let _lock = root.lock(id)?;
-    let status = state.status(root);
-    let mut cg = Cgroup::open(&state.cgroup_path)?;
+    let status = state.status_in(root, hier);
+    let mut cg = Cgroup::open(&state.cgroup_path, hier)?;
     match status {
         Status::Stopped | Status::Created => {}
         Status::Running | Status::Paused | Status::Creating if force => {}
@@ -674,8 +681,9 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
 pub fn pause(root: &Root, id: &str) -> Result<()> {
     let _lock = root.lock(id)?;
     let state = root.load(id)?;
-    match state.status(root) {
-        Status::Running => Cgroup::open(&state.cgroup_path)?.freeze(),
+    let hier = Hierarchies::detect();
+    match state.status_in(root, &hier) {
+        Status::Running => Cgroup::open(&state.cgroup_path, &hier)?.freeze(),
         Status::Paused => Ok(()),
         _ => Err(Error::NotRunning),
     }
@@ -685,8 +693,9 @@ pub fn pause(root: &Root, id: &str) -> Result<()> {
 pub fn resume(root: &Root, id: &str) -> Result<()> {
     let _lock = root.lock(id)?;
     let state = root.load(id)?;
-    match state.status(root) {
-        Status::Paused => Cgroup::open(&state.cgroup_path)?.thaw(),
+    let hier = Hierarchies::detect();
+    match state.status_in(root, &hier) {
+        Status::Paused => Cgroup::open(&state.cgroup_path, &hier)?.thaw(),
         Status::Stopped => Err(Error::NotRunning),
         _ => Err(Error::NotPaused),
     }
@@ -695,7 +704,7 @@ pub fn resume(root: &Root, id: &str) -> Result<()> {
 /// PIDs of all processes in the container.
 pub fn pids(root: &Root, id: &str) -> Result<Vec<i32>> {
     let state = root.load(id)?;
-    Ok(crate::cgroups::pids_of(&state.cgroup_path))
+    Ok(Hierarchies::detect().pids_of(&state.cgroup_path))
 }
 
 /// Change a running container's resource limits. Only the fields present
@@ -703,10 +712,11 @@ pub fn pids(root: &Root, id: &str) -> Result<Vec<i32>> {
 pub fn update(root: &Root, id: &str, update: &LinuxResources) -> Result<()> {
     let _lock = root.lock(id)?;
     let mut state = root.load(id)?;
-    if state.status(root) == Status::Stopped {
+    let hier = Hierarchies::detect();
+    if state.status_in(root, &hier) == Status::Stopped {
         return Err(Error::NotRunning);
     }
-    let mut cg = Cgroup::open(&state.cgroup_path)?;
+    let mut cg = Cgroup::open(&state.cgroup_path, &hier)?;
     cg.set(update, &[])?;
     let mut merged = state
         .config
@@ -745,17 +755,19 @@ fn merge_resources(into: &mut LinuxResources, from: &LinuxResources) {
 /// Resource statistics of a container.
 pub fn stats(root: &Root, id: &str) -> Result<crate::cgroups::Stats> {
     let state = root.load(id)?;
-    if state.status(root) == Status::Stopped {
+    let hier = Hierarchies::detect();
+    if state.status_in(root, &hier) == Status::Stopped {
         return Err(Error::NotRunning);
     }
-    Ok(Cgroup::open(&state.cgroup_path)?.stats())
+    Cgroup::open(&state.cgroup_path, &hier)?.stats()
 }
 
 /// Run an extra process in a created or running container. Returns its PID
 /// (a child of the calling process).
 pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     let state = root.load(&o.id)?;
-    match state.status(root) {
+    let hier = Hierarchies::detect();
+    match state.status_in(root, &hier) {
         Status::Running | Status::Created => {}
         Status::Paused => {
             return Err(Error::BadStatus {
@@ -805,7 +817,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         .and_then(|l| l.seccomp().as_ref())
         .map(|s| seccomp::compile_cached(s, &root.dir().join(SECCOMP_CACHE)))
         .transpose()?;
-    let mut cgroup = Cgroup::open(&state.cgroup_path)?;
+    let mut cgroup = Cgroup::open(&state.cgroup_path, &hier)?;
     let (parent, child) = sync::pair()?;
     let cfg = ChildConfig {
         id: &o.id,

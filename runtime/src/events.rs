@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Serialize;
 
-use crate::cgroups::{Cgroup, Layout};
+use crate::cgroups::{Cgroup, Hierarchies, Layout};
 use crate::error::{Error, Result, SysContext};
 use crate::state::{Root, Status};
 
@@ -130,17 +130,18 @@ fn oom_kills(path: &Path) -> u64 {
 /// as they happen.
 pub fn stream(root: &Root, id: &str, interval: Duration, out: &mut dyn Write) -> Result<()> {
     let state = root.load(id)?;
-    if state.status(root) == Status::Stopped {
+    let hier = Hierarchies::detect();
+    if state.status_in(root, &hier) == Status::Stopped {
         return Err(Error::NotRunning);
     }
-    let cg = Cgroup::open(&state.cgroup_path)?;
+    let cg = Cgroup::open(&state.cgroup_path, &hier)?;
     let mut oom = OomWatch::new(&cg);
     let pidfd = crate::sys::pidfd_open(state.pid).sys(|| format!("pidfd for {}", state.pid))?;
     let mut next = Instant::now();
     loop {
         let now = Instant::now();
         if now >= next {
-            emit(out, "stats", id, Some(cg.stats()))?;
+            emit(out, "stats", id, Some(cg.stats()?))?;
             next = now + interval;
         }
         let wait = next.saturating_duration_since(Instant::now());

@@ -16,6 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
+use crate::cgroups::Hierarchies;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -263,13 +264,19 @@ impl ContainerState {
     /// The current status, derived from the process, the fifo and the
     /// freezer.
     pub fn status(&self, root: &Root) -> Status {
+        self.status_in(root, &Hierarchies::detect())
+    }
+
+    /// [`ContainerState::status`] with the cgroup hierarchies the calling
+    /// operation already has.
+    pub fn status_in(&self, root: &Root, hier: &Hierarchies) -> Status {
         if !self.init_alive() {
             return Status::Stopped;
         }
         if root.container_dir(&self.id).join(EXEC_FIFO).exists() {
             return Status::Created;
         }
-        if crate::cgroups::is_frozen(&self.cgroup_path) {
+        if hier.is_frozen(&self.cgroup_path) {
             return Status::Paused;
         }
         Status::Running

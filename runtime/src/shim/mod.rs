@@ -1244,8 +1244,9 @@ impl Shim {
             stop_vm(vm);
             false
         } else {
-            let oom = crate::cgroups::oom_kills(&self.cgroup_path) > 0;
-            if let Err(e) = container::delete(&self.root, &self.cfg.id, true) {
+            let hier = crate::cgroups::Hierarchies::detect();
+            let oom = hier.oom_kills(&self.cgroup_path) > 0;
+            if let Err(e) = container::delete_in(&self.root, &self.cfg.id, true, &hier) {
                 tracing::warn!(error = %e.chain(), "delete container");
             }
             oom

@@ -585,6 +585,37 @@ async fn check(resp: http::Response<hyper::body::Incoming>, url: &str) -> Result
     Err(status_error(url, status.as_u16(), &body))
 }
 
+/// The error for a response whose status is not the one the request
+/// expects: its body is read (a body that breaks off counts as empty, as it
+/// only supplies the OCI error code and message) and becomes
+/// [`Error::Unauthorized`], [`Error::NotFound`] or [`Error::Status`].
+async fn failed(resp: http::Response<hyper::body::Incoming>, url: &str) -> Error {
+    use http_body_util::BodyExt as _;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
+    status_error(url, status.as_u16(), &body)
+}
+
+/// Read a response to its end (so that its connection can be reused) and,
+/// when `ok` refuses its status, give the error [`failed`] makes of it.
+async fn expect_status(
+    resp: http::Response<hyper::body::Incoming>,
+    url: &str,
+    ok: impl FnOnce(http::StatusCode) -> bool,
+) -> Result<()> {
+    use http_body_util::BodyExt as _;
+    if !ok(resp.status()) {
+        return Err(failed(resp, url).await);
+    }
+    let _ = resp.into_body().collect().await;
+    Ok(())
+}
+
 fn status_error(url: &str, status: u16, body: &[u8]) -> Error {
     let (code, message) = serde_json::from_slice::<serde_json::Value>(body)
         .ok()

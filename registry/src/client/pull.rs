@@ -9,7 +9,7 @@ use http_body_util::BodyExt as _;
 use super::transport::{Body, headers};
 use super::{
     BlobSink, Client, Error, PlatformSpec, ProgressEvent, ProgressSink, PulledImage, Reference,
-    Result, describe_platforms, pull_scope, select_platform, status_error,
+    Result, describe_platforms, failed, pull_scope, select_platform, status_error,
 };
 use crate::digest::{Digest, Hasher};
 use crate::oci::{self, Descriptor, Manifest, ManifestKind};
@@ -361,13 +361,7 @@ impl Client {
                 });
             }
         } else if !status.is_success() {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(http_body_util::Collected::to_bytes)
-                .unwrap_or_default();
-            return Err(status_error(url, status.as_u16(), &body));
+            return Err(failed(resp, url).await);
         }
         let mut body = resp.into_body().into_data_stream();
         let mut buf = BytesMut::with_capacity(SINK_CHUNK);

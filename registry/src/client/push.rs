@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::transport::{Body, headers, resolve_url};
 use super::{
     BlobSource, Client, Error, ProgressEvent, ProgressSink, PushImage, PushResult, Reference,
-    Result, pull_scope, push_scope, status_error,
+    Result, expect_status, failed, pull_scope, push_scope, status_error,
 };
 use crate::digest::Digest;
 use crate::oci::{Descriptor, Manifest, ManifestKind};
@@ -75,17 +75,9 @@ impl BlobSource for RemoteSource<'_> {
             status == StatusCode::OK
         };
         if !ok {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(http_body_util::Collected::to_bytes)
-                .unwrap_or_default();
-            return Err(std::io::Error::other(status_error(
-                &format!("{host}{path}"),
-                status.as_u16(),
-                &body,
-            )));
+            return Err(std::io::Error::other(
+                failed(resp, &format!("{host}{path}")).await,
+            ));
         }
         Ok(Box::pin(
             resp.into_body()
@@ -236,16 +228,7 @@ impl Client {
                 &[push_scope(&r.repository)],
             )
             .await?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .unwrap_or_default();
-        if !status.is_success() {
-            return Err(status_error(&url, status.as_u16(), &body));
-        }
+        expect_status(resp, &url, |s| s.is_success()).await?;
         progress.event(ProgressEvent::ManifestPushed {
             digest: digest.clone(),
             size,
@@ -376,14 +359,7 @@ impl Client {
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .unwrap_or_default();
-        if status != StatusCode::ACCEPTED {
-            let e = status_error(&url, status.as_u16(), &body);
+        if let Err(e) = expect_status(resp, &url, |s| s == StatusCode::ACCEPTED).await {
             return Err(
                 if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                     Attempt::Retry(e)
@@ -558,21 +534,16 @@ impl Client {
             let resp = with_progress(send, rx, digest, d.size, progress)
                 .await
                 .map_err(Attempt::Retry)?;
-            let status = resp.status();
             let next = resp
                 .headers()
                 .get(header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .map(|l| resolve_url(&loc, l));
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(http_body_util::Collected::to_bytes)
-                .unwrap_or_default();
-            if status != StatusCode::ACCEPTED && status != StatusCode::NO_CONTENT {
-                return Err(Attempt::Retry(status_error(&loc, status.as_u16(), &body)));
-            }
+            expect_status(resp, &loc, |s| {
+                s == StatusCode::ACCEPTED || s == StatusCode::NO_CONTENT
+            })
+            .await
+            .map_err(Attempt::Retry)?;
             if let Some(n) = next {
                 loc = n;
             }
@@ -605,15 +576,9 @@ async fn finish(
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Digest>().ok());
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(http_body_util::Collected::to_bytes)
-        .unwrap_or_default();
-    if status != StatusCode::CREATED && status != StatusCode::NO_CONTENT && status != StatusCode::OK
-    {
-        let e = status_error(url, status.as_u16(), &body);
+    let created =
+        |s| s == StatusCode::CREATED || s == StatusCode::NO_CONTENT || s == StatusCode::OK;
+    if let Err(e) = expect_status(resp, url, created).await {
         return Err(
             if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                 Attempt::Retry(e)

@@ -322,13 +322,12 @@ fn add_url_and_copy_link() {
     let rogue = TlsServer::start(pki.path(), "rogue");
     let http = HttpServer::start(tls.port);
 
-    // SAFETY: this test binary has one test, and nothing else in it reads
-    // or writes the environment while the daemon is spawned; the variable
-    // is removed right after.
-    unsafe { std::env::set_var("SSL_CERT_FILE", pki.join("good-ca.pem")) };
-    let d = Daemon::start("build-add-url");
-    // SAFETY: as above.
-    unsafe { std::env::remove_var("SSL_CERT_FILE") };
+    let ca = pki.join("good-ca.pem");
+    let d = Daemon::start_with_env(
+        "build-add-url",
+        &[],
+        &[("SSL_CERT_FILE", ca.to_str().expect("UTF-8 path"))],
+    );
     d.load_busybox();
     let t_setup = t0.elapsed();
 

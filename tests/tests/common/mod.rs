@@ -22,6 +22,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Extra vesseld flags.
     args: Vec<String>,
+    /// Extra environment variables for vesseld.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -31,6 +33,11 @@ impl Daemon {
 
     /// Start with extra vesseld flags.
     pub fn start_with(name: &str, args: &[&str]) -> Daemon {
+        Daemon::start_with_env(name, args, &[])
+    }
+
+    /// Start with extra vesseld flags and environment variables.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let tmp = TempRoot::new(name);
         let sock = tmp.join("vessel.sock");
         let mut d = Daemon {
@@ -38,6 +45,10 @@ impl Daemon {
             sock,
             child: None,
             args: args.iter().map(|a| (*a).to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -60,6 +71,7 @@ impl Daemon {
             .arg("--shim-binary")
             .arg(vessel_testkit::cargo_bin("vessel-shim"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

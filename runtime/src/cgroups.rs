@@ -10,21 +10,26 @@
 //!
 //! The host's hierarchies are described once per operation by a
 //! [`Hierarchies`] value (one read of `/proc/self/mountinfo`, shared by the
-//! cgroup, its status and its PIDs); cgroups-rs's own manager, which reads
-//! the mounts again whenever one is made, is used only for statistics.
+//! cgroup, its status and its PIDs). cgroups-rs's controllers do the file
+//! work; its manager is not used, as it reads the mounts again whenever one
+//! is made.
 
 mod resources;
 
-use std::cell::OnceCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use cgroups_rs::CgroupPid;
+use cgroups_rs::fs::blkio::BlkIoController;
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::freezer::FreezerController;
-use cgroups_rs::fs::{Controllers, Hierarchy, Subsystem};
-use cgroups_rs::manager::{FsManager, Manager};
+use cgroups_rs::fs::hugetlb::HugeTlbController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{Controllers, Hierarchy, MaxValue, Subsystem};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 use serde::Serialize;
 
@@ -149,9 +154,6 @@ pub struct Cgroup {
     path: String,
     hier: Hierarchies,
     cg: cgroups_rs::fs::Cgroup,
-    /// cgroups-rs's manager, made on the first `stats` only: it reads the
-    /// mounts again when it is made.
-    stats_mgr: OnceCell<FsManager>,
 }
 
 impl Cgroup {
@@ -163,7 +165,6 @@ impl Cgroup {
             path: path.to_string(),
             hier: hier.clone(),
             cg: cgroups_rs::fs::Cgroup::load(hier.fs_hierarchy(), rel),
-            stats_mgr: OnceCell::new(),
         })
     }
 
@@ -364,93 +365,129 @@ impl Cgroup {
         self.cg.delete()
     }
 
-    /// Resource usage, in the shape `events --stats` prints.
-    pub fn stats(&self) -> Result<Stats> {
-        let mgr = if let Some(m) = self.stats_mgr.get() {
-            m
-        } else {
-            let rel = self.path.trim_start_matches('/');
-            let m =
-                FsManager::new(rel).map_err(|e| Error::Cgroup(format!("{}: {e}", self.path)))?;
-            self.stats_mgr.get_or_init(|| m)
-        };
-        let s = mgr.stats();
+    /// Resource usage, in the shape `events --stats` prints. A controller
+    /// the host lacks, or a file it cannot read, leaves its figures at 0.
+    pub fn stats(&self) -> Stats {
         let mut out = Stats::default();
-        if let Some(acct) = s.cpu.cpu_acct {
+        if let Some(c) = self.cg.controller_of::<CpuAcctController>() {
+            let acct = c.cpuacct();
             out.cpu.usage = CpuUsage {
-                total: acct.total_usage,
-                percpu: acct.usage_percpu,
-                kernel: acct.system_usage,
-                user: acct.user_usage,
+                total: acct.usage,
+                percpu: acct
+                    .usage_percpu
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect(),
+                kernel: kv(&acct.stat, "system"),
+                user: kv(&acct.stat, "user"),
             };
         }
-        if let Some(t) = s.cpu.cpu_throttling {
+        if let Some(c) = self.cg.controller_of::<CpuController>() {
+            let stat = c.cpu().stat;
             out.cpu.throttling = Throttling {
-                periods: t.periods,
-                throttled_periods: t.throttled_periods,
-                throttled_time: t.throttled_time,
+                periods: kv(&stat, "nr_periods"),
+                throttled_periods: kv(&stat, "nr_throttled"),
+                throttled_time: kv(&stat, "throttled_time"),
             };
         }
-        let mem = |m: Option<cgroups_rs::stats::MemoryStats>| {
-            m.map(|m| MemoryEntry {
-                limit: m.limit.max(0) as u64,
-                usage: m.usage,
-                max: m.max_usage,
-                failcnt: m.fail_cnt,
-            })
-            .unwrap_or_default()
-        };
-        out.memory.cache = s.memory.cache;
-        out.memory.usage = mem(s.memory.memory);
-        out.memory.swap = mem(s.memory.memory_swap);
-        out.memory.kernel = mem(s.memory.kernel_memory);
-        out.memory.raw.insert("rss".into(), s.memory.rss);
-        out.memory.raw.insert("cache".into(), s.memory.cache);
-        out.memory.raw.insert("shmem".into(), s.memory.shmem);
-        out.memory
-            .raw
-            .insert("mapped_file".into(), s.memory.mapped_file);
-        out.memory
-            .raw
-            .insert("active_anon".into(), s.memory.active_anon);
-        out.memory
-            .raw
-            .insert("inactive_anon".into(), s.memory.inactive_anon);
-        out.memory
-            .raw
-            .insert("active_file".into(), s.memory.active_file);
-        out.memory
-            .raw
-            .insert("inactive_file".into(), s.memory.inactive_file);
-        out.memory.raw.insert("pgfault".into(), s.memory.pgfault);
-        out.memory
-            .raw
-            .insert("pgmajfault".into(), s.memory.pgmajfault);
-        out.pids = PidsStats {
-            current: s.pids.current,
-            limit: s.pids.limit.max(0) as u64,
-        };
-        let blk = |v: Vec<cgroups_rs::stats::BlkioStat>| {
-            v.into_iter()
-                .map(|b| BlkioEntry {
-                    major: b.major,
-                    minor: b.minor,
-                    op: b.op,
-                    value: b.value,
-                })
-                .collect()
-        };
-        out.blkio.io_service_bytes_recursive = blk(s.blkio.io_service_bytes_recursive);
-        out.blkio.io_serviced_recursive = blk(s.blkio.io_serviced_recursive);
-        for (size, h) in s.hugetlb {
-            out.hugetlb.insert(
-                size,
-                HugetlbStats {
-                    usage: h.usage,
-                    max: h.max_usage,
-                    failcnt: h.fail_cnt,
-                },
+        let mut raw = cgroups_rs::fs::memory::MemoryStat::default();
+        if let Some(c) = self.cg.controller_of::<MemController>() {
+            let m = c.memory_stat();
+            let entry = |limit: i64, usage, max, failcnt| MemoryEntry {
+                limit: limit.max(0) as u64,
+                usage,
+                max,
+                failcnt,
+            };
+            out.memory.usage = entry(
+                m.limit_in_bytes,
+                m.usage_in_bytes,
+                m.max_usage_in_bytes,
+                m.fail_cnt,
             );
+            let sw = c.memswap();
+            out.memory.swap = entry(
+                sw.limit_in_bytes,
+                sw.usage_in_bytes,
+                sw.max_usage_in_bytes,
+                sw.fail_cnt,
+            );
+            let k = c.kmem_stat();
+            out.memory.kernel = entry(
+                k.limit_in_bytes,
+                k.usage_in_bytes,
+                k.max_usage_in_bytes,
+                k.fail_cnt,
+            );
+            raw = m.stat;
+        }
+        out.memory.cache = raw.cache;
+        for (name, value) in [
+            ("rss", raw.rss),
+            ("cache", raw.cache),
+            ("shmem", raw.shmem),
+            ("mapped_file", raw.mapped_file),
+            ("active_anon", raw.active_anon),
+            ("inactive_anon", raw.inactive_anon),
+            ("active_file", raw.active_file),
+            ("inactive_file", raw.inactive_file),
+            ("pgfault", raw.pgfault),
+            ("pgmajfault", raw.pgmajfault),
+        ] {
+            out.memory.raw.insert(name.into(), value);
+        }
+        if let Some(c) = self.cg.controller_of::<PidController>() {
+            let limit = match c.get_pid_max() {
+                Ok(MaxValue::Value(l)) => l.max(0) as u64,
+                Ok(MaxValue::Max) | Err(_) => 0,
+            };
+            out.pids = PidsStats {
+                current: c.get_pid_current().unwrap_or_default(),
+                limit,
+            };
+        }
+        if let Some(c) = self.cg.controller_of::<BlkIoController>() {
+            let b = c.blkio();
+            if self.cg.v2() {
+                out.blkio.io_service_bytes_recursive = b
+                    .io_stat
+                    .iter()
+                    .flat_map(|s| {
+                        [
+                            ("read", s.rbytes),
+                            ("write", s.wbytes),
+                            ("rios", s.rios),
+                            ("wios", s.wios),
+                            ("dbytes", s.dbytes),
+                            ("dios", s.dios),
+                        ]
+                        .map(|(op, value)| BlkioEntry {
+                            major: s.major as u64,
+                            minor: s.minor as u64,
+                            op: op.into(),
+                            value,
+                        })
+                    })
+                    .collect();
+            } else if b.io_serviced_recursive.is_empty() {
+                // No recursive figures from the scheduler (none runs on
+                // this device): the throttling layer counts too.
+                out.blkio.io_service_bytes_recursive = blkio_entries(&b.throttle.io_service_bytes);
+                out.blkio.io_serviced_recursive = blkio_entries(&b.throttle.io_serviced);
+            } else {
+                out.blkio.io_service_bytes_recursive = blkio_entries(&b.io_service_bytes_recursive);
+                out.blkio.io_serviced_recursive = blkio_entries(&b.io_serviced_recursive);
+            }
+        }
+        if let Some(c) = self.cg.controller_of::<HugeTlbController>() {
+            for size in c.get_sizes() {
+                let stats = HugetlbStats {
+                    usage: c.usage_in_bytes(&size).unwrap_or_default(),
+                    max: c.max_usage_in_bytes(&size).unwrap_or_default(),
+                    failcnt: c.failcnt(&size).unwrap_or_default(),
+                };
+                out.hugetlb.insert(size, stats);
+            }
         }
         if self.layout() == Layout::Hybrid {
             let dir = self.unified_dir();
@@ -466,7 +503,7 @@ impl Cgroup {
                 );
             }
         }
-        Ok(out)
+        out
     }
 
     /// A file of the memory controller (for OOM notification).
@@ -596,15 +633,39 @@ fn read_u64(path: &Path) -> u64 {
 }
 
 fn read_kv(path: &Path, key: &str) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                let mut it = l.split_whitespace();
-                (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok()))?
-            })
+    std::fs::read_to_string(path).map_or(0, |s| kv(&s, key))
+}
+
+/// The number after `key` in "key value" lines (0 if missing).
+fn kv(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(key)).then(|| it.next().and_then(|v| v.parse().ok()))?
         })
         .unwrap_or(0)
+}
+
+/// v1 blkio counters per device, one entry per operation.
+fn blkio_entries(services: &[cgroups_rs::fs::blkio::IoService]) -> Vec<BlkioEntry> {
+    services
+        .iter()
+        .flat_map(|s| {
+            [
+                ("read", s.read),
+                ("write", s.write),
+                ("sync", s.sync),
+                ("async", s.r#async),
+                ("total", s.total),
+            ]
+            .map(|(op, value)| BlkioEntry {
+                major: s.major as u64,
+                minor: s.minor as u64,
+                op: op.into(),
+                value,
+            })
+        })
+        .collect()
 }
 
 fn hugetlb_sizes(dir: &Path) -> Vec<String> {

@@ -759,7 +759,7 @@ pub fn stats(root: &Root, id: &str) -> Result<crate::cgroups::Stats> {
     if state.status_in(root, &hier) == Status::Stopped {
         return Err(Error::NotRunning);
     }
-    Cgroup::open(&state.cgroup_path, &hier)?.stats()
+    Ok(Cgroup::open(&state.cgroup_path, &hier)?.stats())
 }
 
 /// Run an extra process in a created or running container. Returns its PID

@@ -141,7 +141,7 @@ pub fn stream(root: &Root, id: &str, interval: Duration, out: &mut dyn Write) ->
     loop {
         let now = Instant::now();
         if now >= next {
-            emit(out, "stats", id, Some(cg.stats()?))?;
+            emit(out, "stats", id, Some(cg.stats()))?;
             next = now + interval;
         }
         let wait = next.saturating_duration_since(Instant::now());

@@ -700,13 +700,15 @@ pub struct Hierarchies {
 #[derive(Debug)]
 struct Shared {
     layout: Layout,
-    v1: OnceLock<Vec<V1Mount>>,
+    mounts: OnceLock<Vec<Mounted>>,
 }
 
-/// One mounted v1 hierarchy.
+/// One mounted hierarchy, v1 or cgroup2.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct V1Mount {
-    /// Where it is mounted.
+struct Mounted {
+    /// Whether it is a cgroup2 hierarchy (a hybrid host's `unified`).
+    v2: bool,
+    /// Where it is mounted, as mountinfo writes it.
     point: PathBuf,
     /// The cgroup at the mount point, relative to the hierarchy's root
     /// (`/` unless a sub-tree is mounted).
@@ -724,12 +726,12 @@ impl Hierarchies {
     /// The hierarchies described by a `mountinfo` text, on a host of the
     /// given layout.
     pub fn from_mountinfo(layout: Layout, mountinfo: &str) -> Hierarchies {
-        Hierarchies::with_layout(layout, OnceLock::from(parse_v1_mounts(mountinfo)))
+        Hierarchies::with_layout(layout, OnceLock::from(parse_cgroup_mounts(mountinfo)))
     }
 
-    fn with_layout(layout: Layout, v1: OnceLock<Vec<V1Mount>>) -> Hierarchies {
+    fn with_layout(layout: Layout, mounts: OnceLock<Vec<Mounted>>) -> Hierarchies {
         Hierarchies {
-            shared: Arc::new(Shared { layout, v1 }),
+            shared: Arc::new(Shared { layout, mounts }),
         }
     }
 
@@ -738,22 +740,34 @@ impl Hierarchies {
         self.shared.layout
     }
 
-    fn v1_mounts(&self) -> &[V1Mount] {
+    /// Every mounted hierarchy, in mountinfo's order (none on a pure v2
+    /// host, whose one hierarchy is at /sys/fs/cgroup).
+    fn mounts(&self) -> &[Mounted] {
         if self.shared.layout == Layout::V2 {
             return &[];
         }
-        self.shared.v1.get_or_init(|| {
+        self.shared.mounts.get_or_init(|| {
             let text = std::fs::read_to_string(MOUNTINFO).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "read {MOUNTINFO}");
                 String::new()
             });
-            parse_v1_mounts(&text)
+            parse_cgroup_mounts(&text)
         })
     }
 
-    fn v1_hierarchy(&self, controller: &str) -> Option<&V1Mount> {
+    fn v1_mounts(&self) -> impl Iterator<Item = &Mounted> {
+        self.mounts().iter().filter(|m| !m.v2)
+    }
+
+    /// The mount points of the host's hierarchies, v1 and cgroup2, as
+    /// mountinfo writes them, each with whether it is cgroup2; nothing on
+    /// a pure v2 host.
+    pub(crate) fn mount_points(&self) -> impl Iterator<Item = (&Path, bool)> {
+        self.mounts().iter().map(|m| (m.point.as_path(), m.v2))
+    }
+
+    fn v1_hierarchy(&self, controller: &str) -> Option<&Mounted> {
         self.v1_mounts()
-            .iter()
             .find(|m| m.options.iter().any(|o| o == controller))
     }
 
@@ -823,22 +837,25 @@ impl Hierarchies {
     }
 }
 
-/// The v1 hierarchies (type `cgroup`) of a mountinfo text, in its order.
-/// cgroup2 mounts (a hybrid host's `unified`) are not among them.
-fn parse_v1_mounts(mountinfo: &str) -> Vec<V1Mount> {
+/// The cgroup hierarchies (types `cgroup` and `cgroup2`) of a mountinfo
+/// text, in its order.
+fn parse_cgroup_mounts(mountinfo: &str) -> Vec<Mounted> {
     mountinfo
         .lines()
         .filter_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
             let mut post = post.split(' ');
-            if post.next()? != "cgroup" {
-                return None;
-            }
+            let v2 = match post.next()? {
+                "cgroup" => false,
+                "cgroup2" => true,
+                _ => return None,
+            };
             let options = post.nth(1)?.split(',').map(str::to_string).collect();
             let mut pre = pre.split(' ').skip(3);
             let root = PathBuf::from(pre.next()?);
             let point = PathBuf::from(pre.next()?);
-            Some(V1Mount {
+            Some(Mounted {
+                v2,
                 point,
                 root,
                 options,
@@ -919,7 +936,7 @@ impl Hierarchy for SharedV1 {
     fn root(&self) -> PathBuf {
         self.0
             .v1_mounts()
-            .first()
+            .next()
             .and_then(|m| m.point.parent())
             .map_or_else(|| PathBuf::from(CGROUP_ROOT), Path::to_path_buf)
     }
@@ -1126,7 +1143,17 @@ mod tests {
                 None,
                 "{layout:?}: cgroup2 is not a v1 hierarchy"
             );
-            assert_eq!(h.v1_mounts().len(), 6);
+            assert_eq!(h.v1_mounts().count(), 6);
+            let points: Vec<(&Path, bool)> = h.mount_points().collect();
+            assert_eq!(points.len(), if layout == Layout::Hybrid { 7 } else { 6 });
+            assert_eq!(
+                points.last().copied(),
+                Some(if layout == Layout::Hybrid {
+                    (Path::new("/sys/fs/cgroup/unified"), true)
+                } else {
+                    (Path::new("/sys/fs/cgroup/devices"), false)
+                })
+            );
             assert_eq!(
                 h.v1_hierarchy("pids").unwrap().root,
                 PathBuf::from("/lxc/c1")
@@ -1154,7 +1181,7 @@ mod tests {
 
             // Clones share the one parse.
             let clone = h.clone();
-            assert!(std::ptr::eq(clone.v1_mounts(), h.v1_mounts()));
+            assert!(std::ptr::eq(clone.mounts(), h.mounts()));
         }
 
         // Pure v2: no v1 hierarchy even if a stray v1 mount is listed, and
@@ -1166,6 +1193,7 @@ mod tests {
         );
         assert_eq!(v2.v1_mount("memory"), None);
         assert!(v2.fs_hierarchy().v2());
-        assert!(parse_v1_mounts("garbage\n\n - cgroup\n").is_empty());
+        assert_eq!(v2.mount_points().count(), 0);
+        assert!(parse_cgroup_mounts("garbage\n\n - cgroup\n").is_empty());
     }
 }

@@ -251,7 +251,8 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
         None
     };
     let (new, join) = namespace_plan(&spec)?;
-    let mut cgroup = Cgroup::open(&cgroup_path, &Hierarchies::detect())?;
+    let hier = Hierarchies::detect();
+    let mut cgroup = Cgroup::open(&cgroup_path, &hier)?;
     // The cgroup and its limits exist before the fork. The first move of a
     // process into a v1 cgroup waits for an RCU grace period (milliseconds);
     // unless the container gets a cgroup namespace (rooted where its first
@@ -290,6 +291,7 @@ pub fn create_loaded(root: &Root, o: &CreateOptions, bundle: Bundle) -> Result<C
         process: &process,
         rootfs: &bundle.rootfs,
         cgroup_path: &cgroup_path,
+        hierarchies: &hier,
         role: Role::Init {
             fifo,
             no_pivot: o.no_pivot,
@@ -825,6 +827,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         process: &o.process,
         rootfs: &state.rootfs,
         cgroup_path: &state.cgroup_path,
+        hierarchies: &hier,
         role: Role::Exec,
         console,
         preserve_fds: o.preserve_fds,

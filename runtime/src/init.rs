@@ -53,6 +53,8 @@ pub(crate) struct ChildConfig<'a> {
     pub process: &'a Process,
     pub rootfs: &'a Path,
     pub cgroup_path: &'a str,
+    /// The host's cgroup hierarchies, described before forking.
+    pub hierarchies: &'a crate::cgroups::Hierarchies,
     pub role: Role,
     pub console: Option<OwnedFd>,
     pub preserve_fds: u32,
@@ -256,6 +258,7 @@ fn stage2_inner(cfg: &ChildConfig<'_>, chan: &Channel) -> Result<std::convert::I
             dir: cfg.rootfs,
             userns: cfg.creates(LinuxNamespaceType::User) || cfg.joins(LinuxNamespaceType::User),
             cgroup_path: cfg.cgroup_path,
+            hierarchies: cfg.hierarchies,
         };
         rootfs.prepare()?;
         chan.send(&Msg::RunHooks)?;

@@ -42,6 +42,9 @@ pub(crate) struct Rootfs<'a> {
     pub userns: bool,
     /// Path of the container's cgroup relative to each hierarchy root.
     pub cgroup_path: &'a str,
+    /// The host's cgroup hierarchies, as the runtime found them before
+    /// forking.
+    pub hierarchies: &'a crate::cgroups::Hierarchies,
 }
 
 fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
@@ -255,7 +258,7 @@ impl Rootfs<'_> {
     /// host's /sys/fs/cgroup but rooted at the container.
     fn mount_cgroup(&self, root: BorrowedFd<'_>, m: &Mount, o: &MountOptions) -> Result<()> {
         let dest = m.destination();
-        let layout = crate::cgroups::layout();
+        let layout = self.hierarchies.layout();
         let target = ensure_dir(root, dest, true)?;
         let target_path = proc_fd_path(target.as_fd());
         let rel = self.cgroup_path.trim_start_matches('/');
@@ -309,7 +312,7 @@ impl Rootfs<'_> {
             Mode::empty(),
         )
         .sys(|| format!("reopen {}", dest.display()))?;
-        for (mountpoint, name, kind) in host_cgroup_mounts() {
+        for (mountpoint, name, kind) in host_cgroup_mounts(self.hierarchies) {
             let sub = if kind == "cgroup2" {
                 "unified".to_string()
             } else {
@@ -758,28 +761,17 @@ pub(crate) fn ensure_file(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> 
 
 /// Cgroup hierarchies mounted on the host: (mount point, controllers as the
 /// directory is named, filesystem type).
-fn host_cgroup_mounts() -> Vec<(PathBuf, String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+fn host_cgroup_mounts(hierarchies: &crate::cgroups::Hierarchies) -> Vec<(PathBuf, String, String)> {
     let mut out = Vec::new();
-    for line in info.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut post = post.split(' ');
-        let fstype = post.next().unwrap_or("");
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        let Some(mp) = pre.split(' ').nth(4) else {
-            continue;
-        };
-        let mp = PathBuf::from(unescape(mp));
+    for (mp, v2) in hierarchies.mount_points() {
+        let mp = PathBuf::from(unescape(&mp.to_string_lossy()));
         if !mp.starts_with("/sys/fs/cgroup") {
             continue;
         }
         let Some(name) = mp.file_name().and_then(OsStr::to_str).map(str::to_string) else {
             continue;
         };
+        let fstype = if v2 { "cgroup2" } else { "cgroup" };
         out.push((mp, name, fstype.to_string()));
     }
     out

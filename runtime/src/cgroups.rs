@@ -684,12 +684,15 @@ fn hugetlb_sizes(dir: &Path) -> Vec<String> {
 }
 
 /// The host's cgroup hierarchies as one operation sees them: the layout and,
-/// on v1 and hybrid hosts, the v1 mount points.
+/// on v1 and hybrid hosts, the mount points of the v1 hierarchies and of
+/// the cgroup2 one.
 ///
-/// The mounts are read from `/proc/self/mountinfo` the first time something
-/// needs them, and then shared by everything the operation does with this
-/// value or its clones (the container's [`Cgroup`], its status, its PIDs),
-/// so one operation parses them once. A pure v2 host never reads them.
+/// The layout (from `statfs`) and the mounts (from `/proc/self/mountinfo`)
+/// are looked up the first time something needs them, and then shared by
+/// everything the operation does with this value or its clones (the
+/// container's [`Cgroup`], its status, its PIDs, the container process's
+/// view of its cgroups), so one operation parses the mounts once. A pure v2
+/// host never reads them.
 /// Controllers can be moved between hierarchies while containers run, so a
 /// value is meant to live for one operation, not for a process's lifetime.
 #[derive(Debug, Clone)]
@@ -699,7 +702,7 @@ pub struct Hierarchies {
 
 #[derive(Debug)]
 struct Shared {
-    layout: Layout,
+    layout: OnceLock<Layout>,
     mounts: OnceLock<Vec<Mounted>>,
 }
 
@@ -718,32 +721,37 @@ struct Mounted {
 }
 
 impl Hierarchies {
-    /// The host's hierarchies; the mounts are read when first needed.
+    /// The host's hierarchies. Nothing is looked at until it is needed:
+    /// the layout, then the mounts.
     pub fn detect() -> Hierarchies {
-        Hierarchies::with_layout(layout(), OnceLock::new())
+        Hierarchies {
+            shared: Arc::new(Shared {
+                layout: OnceLock::new(),
+                mounts: OnceLock::new(),
+            }),
+        }
     }
 
     /// The hierarchies described by a `mountinfo` text, on a host of the
     /// given layout.
     pub fn from_mountinfo(layout: Layout, mountinfo: &str) -> Hierarchies {
-        Hierarchies::with_layout(layout, OnceLock::from(parse_cgroup_mounts(mountinfo)))
-    }
-
-    fn with_layout(layout: Layout, mounts: OnceLock<Vec<Mounted>>) -> Hierarchies {
         Hierarchies {
-            shared: Arc::new(Shared { layout, mounts }),
+            shared: Arc::new(Shared {
+                layout: OnceLock::from(layout),
+                mounts: OnceLock::from(parse_cgroup_mounts(mountinfo)),
+            }),
         }
     }
 
     /// The host's layout.
     pub fn layout(&self) -> Layout {
-        self.shared.layout
+        *self.shared.layout.get_or_init(layout)
     }
 
     /// Every mounted hierarchy, in mountinfo's order (none on a pure v2
     /// host, whose one hierarchy is at /sys/fs/cgroup).
     fn mounts(&self) -> &[Mounted] {
-        if self.shared.layout == Layout::V2 {
+        if self.layout() == Layout::V2 {
             return &[];
         }
         self.shared.mounts.get_or_init(|| {

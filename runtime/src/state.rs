@@ -284,7 +284,13 @@ impl ContainerState {
 
     /// The report `state` and `list` print.
     pub fn report(&self, root: &Root) -> StateReport {
-        let status = self.status(root);
+        self.report_in(root, &Hierarchies::detect())
+    }
+
+    /// [`ContainerState::report`] with the cgroup hierarchies the calling
+    /// operation already has (`list` reports every container with one).
+    pub fn report_in(&self, root: &Root, hier: &Hierarchies) -> StateReport {
+        let status = self.status_in(root, hier);
         StateReport {
             oci_version: crate::spec::OCI_VERSION.to_string(),
             id: self.id.clone(),

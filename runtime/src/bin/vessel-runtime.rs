@@ -789,9 +789,10 @@ fn list(root: &Root, format: &str, quiet: bool) -> Result<()> {
         }
         return Ok(());
     }
+    let hier = vessel_runtime::cgroups::Hierarchies::detect();
     match format {
         "json" => {
-            let reports: Vec<_> = states.iter().map(|s| s.report(root)).collect();
+            let reports: Vec<_> = states.iter().map(|s| s.report_in(root, &hier)).collect();
             println!("{}", serde_json::to_string(&reports)?);
         }
         "table" => {
@@ -802,7 +803,7 @@ fn list(root: &Root, format: &str, quiet: bool) -> Result<()> {
                 "ID", "PID", "STATUS", "BUNDLE", "CREATED"
             )?;
             for s in &states {
-                let r = s.report(root);
+                let r = s.report_in(root, &hier);
                 writeln!(
                     out,
                     "{:<24} {:<8} {:<10} {:<40} {:<32} {}",

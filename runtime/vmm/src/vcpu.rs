@@ -182,6 +182,19 @@ pub fn filter_cpuid(cpuid: &mut CpuId, id: u8, count: u8) {
     }
 }
 
+/// CPUID.1:ECX bit 24: the local APIC's TSC-deadline timer mode.
+pub const CPUID_TSC_DEADLINE: u32 = 1 << 24;
+
+/// Advertise the TSC-deadline timer (KVM emulates it whenever it has
+/// `KVM_CAP_TSC_DEADLINE_TIMER`, but does not report it as supported).
+pub fn add_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.ecx |= CPUID_TSC_DEADLINE;
+        }
+    }
+}
+
 fn msr(index: u32, data: u64) -> kvm_msr_entry {
     kvm_msr_entry {
         index,
@@ -505,6 +518,20 @@ mod tests {
         );
         assert_eq!((e[5].ebx, e[5].edx), (1, 2));
         assert_eq!((e[6].eax, e[6].ebx, e[6].edx), (2, 4, 2));
+    }
+
+    #[test]
+    fn tsc_deadline_goes_in_leaf_1_only() {
+        let mut c = CpuId::from_entries(&[
+            vendor_leaf(b"AuthenticAMD"),
+            entry(1, 0, 0, 0, 1, 0),
+            entry(0x8000_0001, 0, 0, 0, 0, 0),
+        ])
+        .unwrap();
+        add_tsc_deadline(&mut c);
+        let e = c.as_slice();
+        assert_eq!(e[1].ecx, CPUID_TSC_DEADLINE | 1, "bit 24 added, others kept");
+        assert_eq!((e[0].ecx, e[2].ecx), (vendor_leaf(b"AuthenticAMD").ecx, 0));
     }
 
     #[test]

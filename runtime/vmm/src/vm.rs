@@ -388,9 +388,17 @@ impl Vm {
             }
         };
 
-        let supported = kvm
+        let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::KvmCall("reading supported CPUID", e))?;
+        // KVM emulates the TSC-deadline timer but leaves its CPUID bit out
+        // of the supported set for userspace to add. Without it the guest
+        // calibrates its local APIC timer against the PIT at boot: 100 ms
+        // of spinning (HZ/10 ticks) on every boot, and one-shot timer
+        // programming afterwards.
+        if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            vcpu::add_tsc_deadline(&mut supported);
+        }
         let mut vcpu_fds = Vec::new();
         for id in 0..config.vcpus {
             let fd = vm

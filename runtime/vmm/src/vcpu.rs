@@ -530,7 +530,11 @@ mod tests {
         .unwrap();
         add_tsc_deadline(&mut c);
         let e = c.as_slice();
-        assert_eq!(e[1].ecx, CPUID_TSC_DEADLINE | 1, "bit 24 added, others kept");
+        assert_eq!(
+            e[1].ecx,
+            CPUID_TSC_DEADLINE | 1,
+            "bit 24 added, others kept"
+        );
         assert_eq!((e[0].ecx, e[2].ecx), (vendor_leaf(b"AuthenticAMD").ecx, 0));
     }
 

@@ -373,11 +373,7 @@ impl Cgroup {
             let acct = c.cpuacct();
             out.cpu.usage = CpuUsage {
                 total: acct.usage,
-                percpu: acct
-                    .usage_percpu
-                    .lines()
-                    .filter_map(|l| l.parse().ok())
-                    .collect(),
+                percpu: parse_percpu(&acct.usage_percpu),
                 kernel: kv(&acct.stat, "system"),
                 user: kv(&acct.stat, "user"),
             };
@@ -987,6 +983,14 @@ pub struct CpuStats {
     pub throttling: Throttling,
 }
 
+/// `cpuacct.usage_percpu`: one line of nanosecond counts, one per CPU,
+/// separated by spaces.
+fn parse_percpu(text: &str) -> Vec<u64> {
+    text.split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
 /// CPU time in nanoseconds.
 #[derive(Debug, Default, Serialize)]
 pub struct CpuUsage {
@@ -1086,6 +1090,15 @@ pub struct HugetlbStats {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn per_cpu_usage_is_one_line_of_counts() {
+        assert_eq!(
+            super::parse_percpu("5066302 8123450 0 17\n"),
+            [5_066_302, 8_123_450, 0, 17]
+        );
+        assert!(super::parse_percpu("").is_empty());
+    }
+
     use super::*;
 
     #[test]

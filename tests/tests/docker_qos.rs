@@ -161,6 +161,36 @@ fn memory_pids_cpu_and_update() {
     // stats reports usage against the limit.
     let s = d.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", &id]);
     assert!(s.contains("/ 48MiB"), "{s}");
+    // The raw figures carry one CPU usage count per CPU, as Docker's do
+    // (cgroup v1's cpuacct has them; v2 has none).
+    let has_cpuacct = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "cpuacct"))
+        });
+    let want = if has_cpuacct {
+        let f = cgroup_dir(&pid, "cpuacct").join("cpuacct.usage_percpu");
+        std::fs::read_to_string(&f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            .split_whitespace()
+            .count()
+    } else {
+        0
+    };
+    let raw = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(&d.sock)
+        .arg(format!("http://v/containers/{id}/stats?stream=false"))
+        .output()
+        .unwrap();
+    let raw = json(&String::from_utf8_lossy(&raw.stdout));
+    let percpu = raw["cpu_stats"]["cpu_usage"]["percpu_usage"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(percpu, want, "{raw}");
     d.ok(&["rm", "-f", &id, "oom"]);
 }
 

@@ -13,8 +13,6 @@
 #[path = "../vmm/tests/support/mod.rs"]
 mod support;
 
-use std::time::Duration;
-
 /// A made-up layer key: the L1 script places the busybox layer image in
 /// the cache under it, as the daemon's first run would.
 const KEY_HEX: &str = "00000000000000000000000000000000000000000000000000000000000000b1";
@@ -126,38 +124,18 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
             return;
         }
     };
-    let tmp = vessel_testkit::TempRoot::new("microvm-runtime");
-    let initrd = tmp.join("l1.cpio");
     let script = SCRIPT.replace("@KEY@", KEY_HEX);
-    support::l1_initramfs(&fx, &script, &Vec::new(), &initrd).expect("L1 initramfs");
-    let console = support::boot_l1(&fx, &initrd, Duration::from_secs(900)).expect("L1 boot");
-    assert!(!console.contains("@@FATAL"), "{console}");
-    assert!(
-        console.contains("@@DONE"),
-        "L1 script did not finish:\n{console}"
-    );
+    let run = support::run_l1(&fx, "microvm-runtime", &script, &Vec::new());
     // The shim's signal dispositions before the stop and the kernel's
     // word on any process killed by a signal, for the record.
     let mut in_dmesg = false;
-    for l in console.lines() {
+    for l in run.console.lines() {
         in_dmesg = (in_dmesg || l.starts_with("@@DMESG")) && !l.starts_with("@@DMESGEND");
         if in_dmesg || l.starts_with("@@SIG") {
             eprintln!("{l}");
         }
     }
-    let cases = support::parse(&console);
-    let case = |n: &str| {
-        cases
-            .get(n)
-            .unwrap_or_else(|| panic!("case {n} missing:\n{console}"))
-    };
-    for (name, c) in &cases {
-        eprintln!(
-            "case {name}: exit {:?} in {:.2} s",
-            c.exit,
-            c.seconds.unwrap_or(f64::NAN)
-        );
-    }
+    let case = |n: &str| run.case(n);
 
     let c = case("echo");
     assert_eq!((c.exit, json_log(c).as_str()), (Some(0), "hi\n"), "{c:?}");
@@ -239,7 +217,8 @@ fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
     // Kill (the end of a stop timeout): the VM goes, 128 + SIGKILL.
     let c = case("kill");
     assert_eq!(c.exit, Some(137), "{c:?}");
-    let shims = cases
+    let shims = run
+        .cases
         .values()
         .find_map(|c| c.values.get("SHIMS"))
         .expect("shim count");

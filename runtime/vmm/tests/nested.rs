@@ -11,8 +11,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 /// The L1 script: one microVM per case.
 const SCRIPT: &str = r#"
 printf 'from stdin\n' > /tmp/in
@@ -67,28 +65,8 @@ fn microvm_runs_containers_in_nested_kvm() {
             return;
         }
     };
-    let tmp = vessel_testkit::TempRoot::new("microvm-e2e");
-    let initrd = tmp.join("l1.cpio");
-    support::l1_initramfs(&fx, SCRIPT, &Vec::new(), &initrd).expect("L1 initramfs");
-    let console = support::boot_l1(&fx, &initrd, Duration::from_secs(900)).expect("L1 boot");
-    assert!(!console.contains("@@FATAL"), "{console}");
-    assert!(
-        console.contains("@@DONE"),
-        "L1 script did not finish:\n{console}"
-    );
-    let cases = support::parse(&console);
-    let case = |n: &str| {
-        cases
-            .get(n)
-            .unwrap_or_else(|| panic!("case {n} missing:\n{console}"))
-    };
-    for (name, c) in &cases {
-        eprintln!(
-            "case {name}: exit {:?} in {:.2} s",
-            c.exit,
-            c.seconds.unwrap_or(f64::NAN)
-        );
-    }
+    let run = support::run_l1(&fx, "microvm-e2e", SCRIPT, &Vec::new());
+    let case = |n: &str| run.case(n);
 
     let c = case("echo");
     assert_eq!((c.exit, c.out.as_str()), (Some(0), "hi\n"), "{c:?}");

@@ -356,6 +356,56 @@ pub fn fixtures() -> Result<Fixtures, String> {
 /// Extra files for the L1 initramfs: (path inside L1, host source).
 pub type Extra = Vec<(String, PathBuf)>;
 
+/// A finished L1 script: its console output and its cases.
+pub struct Run {
+    pub console: String,
+    pub cases: HashMap<String, Case>,
+}
+
+impl Run {
+    /// The case `name`; panics with the console when it is missing.
+    pub fn case(&self, name: &str) -> &Case {
+        self.cases
+            .get(name)
+            .unwrap_or_else(|| panic!("case {name} missing:\n{}", self.console))
+    }
+
+    /// The value of the first `@@KEY value` line; panics with the console
+    /// when there is none.
+    pub fn value(&self, key: &str) -> String {
+        self.console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("@@{key} ")))
+            .unwrap_or_else(|| panic!("no @@{key} line:\n{}", self.console))
+            .trim()
+            .to_string()
+    }
+}
+
+/// Run `script` in L1 (with the `extra` files, the initramfs under a
+/// temporary directory named after `name`), check that it finished
+/// without an `@@FATAL` line, and print each case's exit code and time.
+pub fn run_l1(fx: &Fixtures, name: &str, script: &str, extra: &Extra) -> Run {
+    let tmp = vessel_testkit::TempRoot::new(name);
+    let initrd = tmp.join("l1.cpio");
+    l1_initramfs(fx, script, extra, &initrd).expect("L1 initramfs");
+    let console = boot_l1(fx, &initrd, Duration::from_secs(900)).expect("L1 boot");
+    assert!(!console.contains("@@FATAL"), "{console}");
+    assert!(
+        console.contains("@@DONE"),
+        "L1 script did not finish:\n{console}"
+    );
+    let cases = parse(&console);
+    for (name, c) in &cases {
+        eprintln!(
+            "case {name}: exit {:?} in {:.2} s",
+            c.exit,
+            c.seconds.unwrap_or(f64::NAN)
+        );
+    }
+    Run { console, cases }
+}
+
 /// Write the L1 initramfs: busybox with its applets, the KVM modules, our
 /// binaries under /bin, the guest kernel, initramfs and layer under /vm,
 /// `extra` files, and `script` as /init (after the common preamble that

@@ -19,7 +19,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 const SCRIPT: &str = r#"
 insmod /modules/overlay.ko || echo "@@FATAL insmod overlay"
@@ -46,6 +45,8 @@ vm="--runtime vm --network none"
 dk load load -i /vm/busybox.tar
 echo "@@DIFF $(docker image inspect -f '{{index .RootFS.Layers 0}}' busybox)"
 dk echo run --rm $vm busybox echo hi
+# Without --network none: runs, and the CLI prints the daemon's warning.
+dk netwarn run --rm --runtime vm busybox true
 dk exit7 run $vm --name e7 busybox sh -c 'echo out; echo err >&2; exit 7'
 dk logs logs e7
 echo "@@LAYERS $(ls /var/lib/vessel/vm/layers | tr '\n' ' ')"
@@ -147,41 +148,23 @@ fn docker_runs_containers_in_microvms_through_vesseld() {
     extra.sort();
     extra.dedup();
 
-    let initrd = tmp.join("l1.cpio");
-    support::l1_initramfs(&fx, SCRIPT, &extra, &initrd).expect("L1 initramfs");
-    let console = support::boot_l1(&fx, &initrd, Duration::from_secs(900)).expect("L1 boot");
-    assert!(!console.contains("@@FATAL"), "{console}");
-    assert!(
-        console.contains("@@DONE"),
-        "L1 script did not finish:\n{console}"
-    );
-    let value = |key: &str| -> String {
-        console
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("@@{key} ")))
-            .unwrap_or_else(|| panic!("no @@{key} line:\n{console}"))
-            .trim()
-            .to_string()
-    };
-    let cases = support::parse(&console);
-    let case = |n: &str| {
-        cases
-            .get(n)
-            .unwrap_or_else(|| panic!("case {n} missing:\n{console}"))
-    };
-    for (name, c) in &cases {
-        eprintln!(
-            "case {name}: exit {:?} in {:.2} s",
-            c.exit,
-            c.seconds.unwrap_or(f64::NAN)
-        );
-    }
+    let run = support::run_l1(&fx, "microvm-docker-l1", SCRIPT, &extra);
+    let case = |n: &str| run.case(n);
+    let value = |k: &str| run.value(k);
 
     let c = case("load");
     assert_eq!(c.exit, Some(0), "{c:?}");
 
     let c = case("echo");
     assert_eq!((c.exit, c.out.as_str()), (Some(0), "hi\n"), "{c:?}");
+
+    let c = case("netwarn");
+    assert_eq!(c.exit, Some(0), "{c:?}");
+    assert!(
+        c.err
+            .contains("WARNING: the vm runtime gives the container no network interface"),
+        "{c:?}"
+    );
 
     let c = case("exit7");
     assert_eq!(

@@ -392,8 +392,11 @@ impl Engine {
         if hc.network_mode.is_empty() || hc.network_mode == "default" {
             hc.network_mode = "bridge".into();
         }
-        let warnings = Vec::new();
+        let mut warnings = Vec::new();
         self.check_network_mode(&hc.network_mode).await?;
+        if hc.runtime == RUNTIME_VM {
+            warnings.extend(vm_warnings(hc));
+        }
         // The docker CLI names the mode's endpoint "default".
         if let Some(ep) = req.networking_config.endpoints_config.remove("default") {
             req.networking_config
@@ -848,7 +851,14 @@ impl Engine {
         .await?;
         drop(t);
         let mut join = BTreeMap::new();
-        if let net::Mode::Bridge(reqs) = self.mode(c).await? {
+        // A VM has no network interface yet: no endpoint is made for it
+        // (its create warned).
+        let mode = if c.host_config.runtime == RUNTIME_VM {
+            net::Mode::None
+        } else {
+            self.mode(c).await?
+        };
+        if let net::Mode::Bridge(reqs) = mode {
             let t = timing::step("start", "set up network", &id);
             let (ns, attached) = self.setup_network(c, &reqs).await?;
             drop(t);
@@ -2069,4 +2079,44 @@ fn write_etc_files(
     }
     std::fs::write(dir.join("resolv.conf"), resolv)?;
     Ok(())
+}
+
+/// What a `--runtime vm` container is asked for that its VM does not give
+/// it yet, as create warnings (the docker CLI prints them).
+fn vm_warnings(hc: &types::HostConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if hc.network_mode != "none" {
+        out.push(format!(
+            "the vm runtime gives the container no network interface yet: network mode {:?} is ignored (use --network none)",
+            hc.network_mode
+        ));
+    }
+    if !hc.binds.is_empty() || !hc.mounts.is_empty() {
+        out.push(
+            "the vm runtime does not mount volumes or bind mounts into the VM yet: they are ignored"
+                .to_string(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_containers_are_warned_of_what_their_vm_lacks() {
+        let mut hc = types::HostConfig {
+            runtime: RUNTIME_VM.into(),
+            network_mode: "none".into(),
+            ..Default::default()
+        };
+        assert!(vm_warnings(&hc).is_empty());
+        hc.network_mode = "bridge".into();
+        hc.binds = vec!["/srv:/data".into()];
+        let w = vm_warnings(&hc);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("\"bridge\" is ignored"), "{w:?}");
+        assert!(w[1].contains("bind mounts"), "{w:?}");
+    }
 }

@@ -117,12 +117,8 @@ echo "@@EXIT $?"; echo "@@TIME $t0 $(now)"; show
 
 #[test]
 fn containers_run_in_microvms_through_the_shim_and_the_runtime() {
-    let fx = match support::fixtures() {
-        Ok(f) => f,
-        Err(reason) => {
-            vessel_testkit::require!(false, "{reason}");
-            return;
-        }
+    let Some(fx) = support::fixtures_or_skip() else {
+        return;
     };
     let script = SCRIPT.replace("@KEY@", KEY_HEX);
     let run = support::run_l1(&fx, "microvm-runtime", &script, &Vec::new());

@@ -114,12 +114,8 @@ fn which(program: &str) -> Option<PathBuf> {
 
 #[test]
 fn docker_runs_containers_in_microvms_through_vesseld() {
-    let fx = match support::fixtures() {
-        Ok(f) => f,
-        Err(reason) => {
-            vessel_testkit::require!(false, "{reason}");
-            return;
-        }
+    let Some(fx) = support::fixtures_or_skip() else {
+        return;
     };
     vessel_testkit::require!(
         vessel_testkit::have_command("docker"),

@@ -954,41 +954,16 @@ impl Builder {
         let store = &*self.store;
         let lease = store.lease("build")?;
         let r = (|| -> Result<Digest> {
-            let mut config = state.config.clone();
-            config.created = Some(now.to_string());
-            config.rootfs.diff_ids.push(l.diff_id.clone());
-            config.history.push(History {
-                created: Some(now.to_string()),
-                created_by: Some(l.created_by.clone()),
-                author: None,
-                comment: None,
-                empty_layer: false,
-            });
+            let config = with_layer(&state.config, l.diff_id.clone(), &l.created_by, now);
             // The blob keeps its bytes; its media type follows the image's
             // family, as a freshly made layer's would.
-            let oci = state
-                .layers
-                .first()
-                .is_some_and(|x| x.blob.media_type.starts_with("application/vnd.oci."));
-            let mut blob = l.blob.clone();
-            blob.media_type = if oci {
-                manifest::OCI_LAYER_GZIP
-            } else {
-                manifest::DOCKER_LAYER_GZIP
-            }
-            .to_string();
-            let mut layers: Vec<PendingLayer> = state
-                .layers
-                .iter()
-                .map(|x| PendingLayer {
-                    blob: x.blob.clone(),
-                    unpacked: None,
-                })
-                .collect();
-            layers.push(PendingLayer {
-                blob,
-                unpacked: None,
-            });
+            let layers = PendingLayer::stack(
+                &state.layers,
+                is_oci(&state.layers),
+                l.blob.digest.clone(),
+                l.blob.size,
+                None,
+            );
             let img = store.pending_from_config(&lease, &config, layers, Vec::new())?;
             let ids = store.record_images(&lease, vec![img], &mut |_| {})?;
             let id = ids.into_iter().next().expect("one image was recorded");
@@ -1811,21 +1786,14 @@ impl Builder {
                 compression: Compression::Gzip,
                 entries: 0,
             };
-            let mut config = state.config.clone();
-            config.created = Some(now.to_string());
-            config.rootfs.diff_ids.push(diff_id);
-            config.history.push(History {
-                created: Some(now.to_string()),
-                created_by: Some(created_by.to_string()),
-                author: None,
-                comment: None,
-                empty_layer: false,
-            });
-            let oci = state
-                .layers
-                .first()
-                .is_some_and(|l| l.blob.media_type.starts_with("application/vnd.oci."));
-            let layers = PendingLayer::stack(&state.layers, oci, blob, blob_size, (upper, applied));
+            let config = with_layer(&state.config, diff_id, created_by, now);
+            let layers = PendingLayer::stack(
+                &state.layers,
+                is_oci(&state.layers),
+                blob,
+                blob_size,
+                Some((upper, applied)),
+            );
             let img = store.pending_from_config(&lease, &config, layers, Vec::new())?;
             let t_pending = t0.elapsed();
             let ids = store.record_images(&lease, vec![img], &mut |_| {})?;
@@ -2350,6 +2318,29 @@ fn apply_metadata(
             empty_layer: true,
         });
     }
+}
+
+/// `config` with one more layer, `diff_id`, made by `created_by` at `now`.
+fn with_layer(config: &ImageConfig, diff_id: Digest, created_by: &str, now: &str) -> ImageConfig {
+    let mut config = config.clone();
+    config.created = Some(now.to_string());
+    config.rootfs.diff_ids.push(diff_id);
+    config.history.push(History {
+        created: Some(now.to_string()),
+        created_by: Some(created_by.to_string()),
+        author: None,
+        comment: None,
+        empty_layer: false,
+    });
+    config
+}
+
+/// Whether an image of these layers is of the OCI family (its new layers
+/// get OCI media types), judged by its first layer.
+fn is_oci(layers: &[LayerRecord]) -> bool {
+    layers
+        .first()
+        .is_some_and(|l| l.blob.media_type.starts_with("application/vnd.oci."))
 }
 
 fn dir_size(p: &Path) -> u64 {

@@ -2,10 +2,10 @@
 //! file of the build's private temporary directory.
 //!
 //! It speaks HTTP/1.1 through hyper's connection API on a tokio socket,
-//! with rustls for `https://`. The trust roots are the system's, loaded
-//! the way the daemon's registry client loads them (`rustls-native-certs`,
-//! which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`), plus any CA files
-//! the builder is given. Redirects are followed (at most
+//! with rustls for `https://`. It trusts what the daemon's registry
+//! client trusts (`transport::verified_tls`: the system's roots through
+//! `rustls-native-certs`, which honours `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR`), plus any CA files the builder is given. Redirects are followed (at most
 //! [`MAX_REDIRECTS`], never from `https` down to `http`), a body shorter
 //! than its `Content-Length` is an error, every wait (connect, handshake,
 //! headers, each piece of the body) has a time limit, and an `--checksum`
@@ -101,14 +101,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("trusted CA certificates from {}", path.display())]
-    Roots {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("TLS client configuration")]
-    TlsConfig(#[source] rustls::Error),
+    #[error("TLS client configuration for downloads")]
+    TlsSetup(#[source] vessel_registry::client::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -217,36 +211,15 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 impl Fetcher {
-    /// A fetcher trusting the system's roots and the PEM files in
-    /// `ca_files`, waiting at most `timeout` for any one thing.
+    /// A fetcher trusting what registries are trusted with, plus the PEM
+    /// files in `ca_files`, waiting at most `timeout` for any one thing.
     pub fn new(ca_files: &[PathBuf], timeout: Duration) -> Result<Fetcher> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for e in &native.errors {
-            tracing::debug!(error = %e, "loading system CA certificates");
-        }
-        for c in native.certs {
-            let _ = roots.add(c);
-        }
-        for p in ca_files {
-            let roots_err = |source| Error::Roots {
-                path: p.clone(),
-                source,
-            };
-            let pem = std::fs::read(p).map_err(roots_err)?;
-            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let c = c.map_err(roots_err)?;
-                roots
-                    .add(c)
-                    .map_err(|e| roots_err(std::io::Error::other(e)))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(Error::TlsConfig)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let roots = vessel_registry::client::ClientConfig {
+            ca_files: ca_files.to_vec(),
+            ..Default::default()
+        };
+        let tls = vessel_registry::client::transport::verified_tls(&roots, None)
+            .map_err(Error::TlsSetup)?;
         Ok(Fetcher {
             tls: Arc::new(tls),
             timeout,
@@ -658,19 +631,11 @@ pub fn parse_http_date(text: &str) -> Option<SystemTime> {
     {
         return None;
     }
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    let secs = crate::engine::container::days_from_civil(year, month, day) * 86_400
+        + hour * 3600
+        + minute * 60
+        + second;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
-}
-
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

@@ -314,6 +314,17 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Seconds since the epoch of an RFC 3339 UTC time ("...Z").
 pub fn parse_rfc3339(t: &str) -> Option<i64> {
     let b = t.as_bytes();
@@ -323,15 +334,7 @@ pub fn parse_rfc3339(t: &str) -> Option<i64> {
     let num = |s: &str| s.parse::<i64>().ok();
     let (year, month, day) = (num(&t[0..4])?, num(&t[5..7])?, num(&t[8..10])?);
     let (hour, minute, second) = (num(&t[11..13])?, num(&t[14..16])?, num(&t[17..19])?);
-    // Days from civil date (proleptic Gregorian).
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// Docker's wording for a duration ("Less than a second", "3 minutes", "About an hour").

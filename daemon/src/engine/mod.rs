@@ -851,14 +851,7 @@ impl Engine {
         .await?;
         drop(t);
         let mut join = BTreeMap::new();
-        // A VM has no network interface yet: no endpoint is made for it
-        // (its create warned).
-        let mode = if c.host_config.runtime == RUNTIME_VM {
-            net::Mode::None
-        } else {
-            self.mode(c).await?
-        };
-        if let net::Mode::Bridge(reqs) = mode {
+        if let net::Mode::Bridge(reqs) = self.mode(c).await? {
             let t = timing::step("start", "set up network", &id);
             let (ns, attached) = self.setup_network(c, &reqs).await?;
             drop(t);

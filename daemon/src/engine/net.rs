@@ -144,8 +144,12 @@ impl Engine {
         })
     }
 
-    /// What `NetworkMode` means for `c`.
+    /// What `NetworkMode` means for `c`. A `--runtime vm` container has no
+    /// network interface yet, whatever it asked for (its create warned).
     pub async fn mode(&self, c: &Container) -> Result<Mode> {
+        if c.host_config.runtime == super::RUNTIME_VM {
+            return Ok(Mode::None);
+        }
         let m = c.host_config.network_mode.as_str();
         Ok(match m {
             "host" => Mode::Host,

@@ -351,7 +351,7 @@ impl PendingLayer {
         oci: bool,
         blob: Digest,
         size: u64,
-        unpacked: (TempSnapshot, layer::Applied),
+        unpacked: Option<(TempSnapshot, layer::Applied)>,
     ) -> Vec<PendingLayer> {
         let media_type = if oci {
             manifest::OCI_LAYER_GZIP
@@ -374,7 +374,7 @@ impl PendingLayer {
                 annotations: None,
                 platform: None,
             },
-            unpacked: Some(unpacked),
+            unpacked,
         });
         layers
     }
@@ -1616,7 +1616,7 @@ impl ImageStore {
             .as_ref()
             .is_some_and(|r| r.manifest.media_type == manifest::OCI_MANIFEST);
         let below = parent_rec.as_ref().map_or(&[][..], |r| &r.layers[..]);
-        let layers = PendingLayer::stack(below, oci, blob, blob_size, (tmp, applied));
+        let layers = PendingLayer::stack(below, oci, blob, blob_size, Some((tmp, applied)));
         let tags = options
             .reference
             .as_deref()

@@ -169,10 +169,48 @@ fn read_pem_certs(path: &std::path::Path, roots: &mut rustls::RootCertStore) -> 
     Ok(())
 }
 
+/// The TLS client configuration that verifies servers the way registries
+/// are verified: the system's roots (if `cfg.system_roots`), every
+/// `cfg.ca_files` bundle, and for `host`, the `*.crt` files of its
+/// `certs.d` directory. Anything else that downloads over HTTPS for the
+/// daemon (ADD <url> in builds) trusts the same.
+pub fn verified_tls(cfg: &ClientConfig, host: Option<&str>) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if cfg.system_roots {
+        let native = rustls_native_certs::load_native_certs();
+        for c in native.certs {
+            let _ = roots.add(c);
+        }
+    }
+    for p in &cfg.ca_files {
+        read_pem_certs(p, &mut roots)?;
+    }
+    if let (Some(dir), Some(host)) = (&cfg.certs_dir, host) {
+        // Docker's layout: <certs.d>/<host[:port]>/*.crt
+        let d = dir.join(host);
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "crt") {
+                    read_pem_certs(&p, &mut roots)?;
+                }
+            }
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls {
+            host: host.unwrap_or("").to_string(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl Transport {
     /// Build from configuration.
     pub fn new(cfg: ClientConfig, creds: CredentialStore) -> Result<Transport> {
-        let verified = Self::verified_tls(&cfg, None)?;
+        let verified = verified_tls(&cfg, None)?;
         let insecure = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Tls {
@@ -190,39 +228,6 @@ impl Transport {
             tokens: TokenCache::default(),
             endpoints: Mutex::new(HashMap::new()),
         })
-    }
-
-    fn verified_tls(cfg: &ClientConfig, host: Option<&str>) -> Result<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        if cfg.system_roots {
-            let native = rustls_native_certs::load_native_certs();
-            for c in native.certs {
-                let _ = roots.add(c);
-            }
-        }
-        for p in &cfg.ca_files {
-            read_pem_certs(p, &mut roots)?;
-        }
-        if let (Some(dir), Some(host)) = (&cfg.certs_dir, host) {
-            // Docker's layout: <certs.d>/<host[:port]>/*.crt
-            let d = dir.join(host);
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    if p.extension().is_some_and(|x| x == "crt") {
-                        read_pem_certs(&p, &mut roots)?;
-                    }
-                }
-            }
-        }
-        Ok(rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls {
-                host: host.unwrap_or("").to_string(),
-                message: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth())
     }
 
     /// The credential store.
@@ -254,7 +259,7 @@ impl Transport {
                 .as_ref()
                 .is_some_and(|d| d.join(host).is_dir());
             let client = if has_own_ca {
-                build_client(Self::verified_tls(&self.cfg, Some(host))?)
+                build_client(verified_tls(&self.cfg, Some(host))?)
             } else {
                 self.plain.clone()
             };

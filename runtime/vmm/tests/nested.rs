@@ -58,12 +58,8 @@ vm afterpanic "" -- echo still-fine; show
 
 #[test]
 fn microvm_runs_containers_in_nested_kvm() {
-    let fx = match support::fixtures() {
-        Ok(f) => f,
-        Err(reason) => {
-            vessel_testkit::require!(false, "{reason}");
-            return;
-        }
+    let Some(fx) = support::fixtures_or_skip() else {
+        return;
     };
     let run = support::run_l1(&fx, "microvm-e2e", SCRIPT, &Vec::new());
     let case = |n: &str| run.case(n);

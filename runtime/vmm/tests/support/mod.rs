@@ -353,6 +353,18 @@ pub fn fixtures() -> Result<Fixtures, String> {
     })
 }
 
+/// The fixtures, or `None` once the reason they are missing is reported
+/// as a skip (a failure under `VESSEL_REQUIRE_PRIVILEGED=1`).
+pub fn fixtures_or_skip() -> Option<Fixtures> {
+    match fixtures() {
+        Ok(f) => Some(f),
+        Err(reason) => {
+            vessel_testkit::skip(module_path!(), &reason);
+            None
+        }
+    }
+}
+
 /// Extra files for the L1 initramfs: (path inside L1, host source).
 pub type Extra = Vec<(String, PathBuf)>;
 

@@ -553,7 +553,12 @@ pub fn boot_l1(fx: &Fixtures, initrd: &Path, limit: Duration) -> Result<String, 
         match boot_l1_once(fx, initrd, limit) {
             Ok(out) => return Ok(out),
             Err(L1Failure::Wedged(report)) if attempt < L1_ATTEMPTS => {
-                eprintln!(
+                // Written to the process's stderr directly, not through
+                // eprintln!, so that the test harness does not swallow it
+                // when the next boot passes: a retry must show in CI logs.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr().lock(),
                     "L1 boot {attempt} of {L1_ATTEMPTS} was wedged by the emulator (a nested \
                      guest spinning without exits; see support::wedged), booting again:\n{report}"
                 );
